@@ -1,0 +1,57 @@
+# controlplane: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+# PostgreSQL for the test suite (local server, trust auth); SQLite runs second.
+TEST_PG_URL ?= postgres://postgres@127.0.0.1:5432/controlplane
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run demo test test-postgres test-sqlite lint format typecheck migrations-check check bench stress clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(BIN)/django-admin: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found (set PYTHON=...)"; exit 1; }
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/django-admin ## create .venv and install the project with its dev tools
+
+run: install ## migrate and serve the admin on http://127.0.0.1:8000/admin/ (embedded SQLite)
+	DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --no-input
+	DEBUG=$${DEBUG:-1} $(PY) manage.py runserver 127.0.0.1:8000
+
+test: install lint typecheck migrations-check test-postgres test-sqlite ## everything CI checks: lint, types, migrations, suite on PostgreSQL then SQLite
+
+test-postgres: install ## the suite on PostgreSQL
+	@echo "=== test suite on PostgreSQL ($(TEST_PG_URL)) ==="
+	DEBUG=1 DATABASE_URL=$(TEST_PG_URL) $(BIN)/pytest $(PYTEST_ARGS)
+
+test-sqlite: install ## the suite on SQLite (the embedded default)
+	@echo "=== test suite on SQLite ==="
+	DEBUG=1 DATABASE_URL=sqlite:///$(CURDIR)/var/controlplane-test-host.sqlite3 $(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## apply ruff formatting and fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: install ## mypy with django-stubs
+	DEBUG=1 $(BIN)/mypy controlplane reconcilers
+
+migrations-check: install ## fail if models and migrations disagree
+	DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
+
+check: test ## alias of test: run before every commit
+
+clean: ## remove the venv and local state
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

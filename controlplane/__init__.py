@@ -1,0 +1,1 @@
+"""controlplane: the Django project and the platform's domain apps."""

@@ -1,0 +1,88 @@
+"""Bootstrap tokens in the admin: issuing shows the raw token once; only the hash is stored."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from controlplane.audit.services import actor_for_user
+from controlplane.tokens.models import BootstrapToken
+from controlplane.tokens.services import token_issue, token_revoke
+
+
+class TokenIssueForm(forms.ModelForm):
+    valid_for_hours = forms.IntegerField(
+        min_value=1, max_value=24 * 365, initial=24, help_text="Hours until it expires."
+    )
+
+    class Meta:
+        model = BootstrapToken
+        fields = ["description", "max_uses"]
+
+
+@admin.register(BootstrapToken)
+class BootstrapTokenAdmin(admin.ModelAdmin):
+    list_display = [
+        "token_prefix",
+        "description",
+        "status",
+        "current_uses",
+        "max_uses",
+        "expires_at",
+        "created_at",
+    ]
+    list_filter = ["status"]
+    search_fields = ["token_prefix", "description"]
+    actions = ["revoke_selected"]
+    readonly_fields = [
+        "token_hash",
+        "token_prefix",
+        "status",
+        "expires_at",
+        "current_uses",
+        "created_by",
+        "created_at",
+        "revoked_at",
+        "status_changed_at",
+    ]
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = TokenIssueForm
+        return super().get_form(request, obj, change, **kwargs)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.readonly_fields if obj is not None else []
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None:
+            return ["description", "max_uses", "valid_for_hours"]
+        return ["description", *self.readonly_fields, "max_uses"]
+
+    def save_model(self, request: HttpRequest, obj: BootstrapToken, form: Any, change: bool) -> None:
+        if change:
+            BootstrapToken.objects.filter(pk=obj.pk).update(description=obj.description)
+            return
+        issued = token_issue(
+            description=form.cleaned_data["description"],
+            ttl=timedelta(hours=form.cleaned_data["valid_for_hours"]),
+            max_uses=form.cleaned_data["max_uses"],
+            actor=actor_for_user(request.user),
+            created_by_id=request.user.pk,
+        )
+        obj.pk = issued.token.pk
+        messages.warning(request, f"Bootstrap token (shown once, copy it now): {issued.raw}")
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # tokens are revoked, and token-cleanup deletes them after the grace period
+
+    @admin.action(description="Revoke selected tokens", permissions=["change"])
+    def revoke_selected(self, request: HttpRequest, queryset: QuerySet[BootstrapToken]) -> None:
+        actor = actor_for_user(request.user)
+        revoked = sum(token_revoke(pk, actor=actor) for pk in queryset.values_list("pk", flat=True))
+        self.message_user(request, f"Revoked {revoked} token(s).")

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class TokensConfig(AppConfig):
+    name = "controlplane.tokens"
+    label = "tokens"
+    default_auto_field = "django.db.models.BigAutoField"

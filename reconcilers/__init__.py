@@ -1,0 +1,1 @@
+"""reconcilers: the controller framework (runtime/) and the five controllers (controllers/)."""

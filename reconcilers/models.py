@@ -1,0 +1,148 @@
+"""Reconciler configuration (the operator's knobs), fencing state, global switches and run history."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+from controlplane.common.db import choices_check
+
+
+class ReconcilerConfig(models.Model):
+    """One row per controller: the single source of truth for its schedule and parameters.
+
+    Written only through `reconcilers.services.config_update`, which validates, audits and
+    syncs the django-celery-beat schedule in the same transaction.
+    """
+
+    name = models.CharField(max_length=64, unique=True, help_text="Controller name, e.g. agent-health.")
+    enabled = models.BooleanField(
+        default=True, help_text="Disabled controllers skip every run (reason 'disabled')."
+    )
+    interval_seconds = models.PositiveIntegerField(help_text="Seconds between scheduled runs (1..604800).")
+    dry_run = models.BooleanField(default=False, help_text="Report what would change, change nothing.")
+    run_timeout_seconds = models.PositiveIntegerField(
+        help_text="A run stops at the next batch boundary after this."
+    )
+    params = models.JSONField(
+        default=dict, blank=True, help_text="Controller parameters, validated by its schema."
+    )
+    version = models.BigIntegerField(default=1, help_text="Optimistic-lock counter, bumped on every write.")
+    updated_at = models.DateTimeField(auto_now=True, help_text="Last change.")
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "reconciler"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(interval_seconds__gte=1) & Q(interval_seconds__lte=604800),
+                name="reconcilerconfig_interval_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(run_timeout_seconds__gte=1) & Q(run_timeout_seconds__lte=86400),
+                name="reconcilerconfig_timeout_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ReconcilerState(models.Model):
+    """Per-controller runtime state: the fencing counter and the last real start.
+
+    The fence lives in the database, not in Redis: a Redis without persistence that
+    restarts would hand out token 1 again and let an old holder write.
+    """
+
+    controller = models.CharField(max_length=64, unique=True, help_text="Controller name.")
+    fence = models.BigIntegerField(default=0, help_text="Fencing token of the newest lock grant.")
+    lock_holder = models.CharField(
+        max_length=200, blank=True, default="", help_text="Host/process of the newest grant."
+    )
+    granted_at = models.DateTimeField(null=True, blank=True, help_text="When the newest grant was taken.")
+    last_real_started_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Start of the last successful real (not dry) run; the too-soon anchor.",
+    )
+
+    def __str__(self) -> str:
+        return f"{self.controller} fence={self.fence}"
+
+
+class RuntimeSwitch(models.Model):
+    """Singleton row (pk=1) for cluster-wide switches: the global pause."""
+
+    paused = models.BooleanField(default=False, help_text="Every run skips with reason 'paused'.")
+    changed_by = models.CharField(max_length=200, blank=True, default="", help_text="Who changed it last.")
+    changed_at = models.DateTimeField(null=True, blank=True, help_text="When it changed last.")
+
+    class Meta:
+        verbose_name = "global pause"
+
+    def __str__(self) -> str:
+        return "paused" if self.paused else "running"
+
+
+class RunOutcome(models.TextChoices):
+    SUCCESS = "success", "Success"
+    ERROR = "error", "Error"
+    SKIPPED = "skipped", "Skipped"
+
+
+class RunReason(models.TextChoices):
+    """Closed set of skip and error reasons (runs, CLI JSON and metrics share it)."""
+
+    DISABLED = "disabled", "Disabled"
+    PAUSED = "paused", "Paused"
+    LOCKED = "locked", "Locked by another run"
+    LOCK_UNAVAILABLE = "lock_unavailable", "Lock backend unavailable"
+    TOO_SOON = "too_soon", "Too soon after the previous run"
+    LOCK_LOST = "lock_lost", "Lock lost (fenced out)"
+    TIMEOUT = "timeout", "Run timeout"
+    EXCEPTION = "exception", "Exception"
+
+
+class ReconcileRun(models.Model):
+    controller = models.CharField(max_length=64, help_text="Controller name.")
+    started_at = models.DateTimeField(help_text="Start (database clock).")
+    finished_at = models.DateTimeField(null=True, blank=True, help_text="End (database clock).")
+    outcome = models.CharField(
+        max_length=16, choices=RunOutcome.choices, help_text="success, error or skipped."
+    )
+    reason = models.CharField(
+        max_length=32,
+        choices=RunReason.choices,
+        blank=True,
+        default="",
+        help_text="Why it was skipped or failed.",
+    )
+    items = models.IntegerField(default=0, help_text="Sum of the step counts.")
+    steps = models.JSONField(default=dict, blank=True, help_text="Rows changed per step.")
+    would_change = models.JSONField(
+        default=dict, blank=True, help_text="Dry run: rows a real run would change."
+    )
+    flags = models.JSONField(default=dict, blank=True, help_text="e.g. brake_engaged.")
+    dry_run = models.BooleanField(default=False, help_text="Dry run: nothing was changed.")
+    forced = models.BooleanField(default=False, help_text="Bypassed too-soon, disabled and paused.")
+    fence = models.BigIntegerField(null=True, blank=True, help_text="Fencing token of this run's grant.")
+    worker_host = models.CharField(
+        max_length=200, blank=True, default="", help_text="Host and process that ran it."
+    )
+    error = models.TextField(blank=True, default="", help_text="Error text with traceback.")
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=choices_check("outcome", RunOutcome), name="reconcilerun_outcome_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(reason="") | choices_check("reason", RunReason), name="reconcilerun_reason_valid"
+            ),
+        ]
+        indexes = [models.Index(fields=["controller", "started_at"], name="reconcilerun_controller_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.controller} {self.started_at:%Y-%m-%d %H:%M:%S} {self.outcome}"

@@ -1,0 +1,61 @@
+"""The per-run context handed to a controller: clock, params, fenced transactions, checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.db import connection, transaction
+
+from reconcilers.runtime.contract import LockLostError, RunTimeoutError
+from reconcilers.runtime.fencing import fence_check
+
+# Statement and lock-wait ceilings on PostgreSQL, kept below the lock TTL so a paused
+# holder cannot block a new one indefinitely (threads and libpq waits cannot be
+# interrupted from Python; the server can).
+STATEMENT_TIMEOUT_MARGIN_SECONDS = 1
+
+
+@dataclass
+class RunContext:
+    """Concrete ReconcileContext built by the runner (and by tests that drive a controller)."""
+
+    controller: str
+    now: datetime
+    fence: int
+    params: Any
+    dry_run: bool = False
+    ignore_brake: bool = False
+    timeout_seconds: float = 3600.0
+    statement_timeout_seconds: float | None = None
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("reconcilers"))
+    lock_lost: threading.Event = field(default_factory=threading.Event)
+    started_monotonic: float = field(default_factory=time.monotonic)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.checkpoint()
+        with transaction.atomic():
+            self._apply_server_timeouts()
+            yield
+            fence_check(self.controller, self.fence)
+
+    def checkpoint(self) -> None:
+        if self.lock_lost.is_set():
+            raise LockLostError(f"{self.controller}: lock renewal failed")
+        if time.monotonic() - self.started_monotonic > self.timeout_seconds:
+            raise RunTimeoutError(f"{self.controller}: run exceeded {self.timeout_seconds:g}s")
+
+    def _apply_server_timeouts(self) -> None:
+        if connection.vendor != "postgresql" or not self.statement_timeout_seconds:
+            return
+        millis = max(1000, int((self.statement_timeout_seconds - STATEMENT_TIMEOUT_MARGIN_SECONDS) * 1000))
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET LOCAL statement_timeout = {millis}")
+            cursor.execute(f"SET LOCAL lock_timeout = {millis}")

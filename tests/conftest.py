@@ -1,0 +1,100 @@
+"""Shared fixtures: real database (PostgreSQL or SQLite, per DATABASE_URL) and real Redis."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+
+from controlplane.agents.models import Agent, AgentHealth
+from controlplane.commands.models import Command
+from controlplane.common.db import db_now
+from controlplane.common.secrets import issue_secret
+from controlplane.tenants.models import Plan, Tenant
+
+_sequence = itertools.count(1)
+
+# Each test run uses its own Redis database and key prefix on the shared server, and
+# deletes only its own keys: never FLUSHDB a server the machine shares.
+TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "9"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    base = settings.REDIS_URL.rsplit("/", 1)[0]
+    settings.REDIS_URL = f"{base}/{TEST_REDIS_DB}"
+    settings.RECONCILERS_LOCK_PREFIX = f"cptest:{os.getpid()}:lock:"
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    yield client
+    keys = list(client.scan_iter(match=f"{settings.RECONCILERS_LOCK_PREFIX}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "postgres_only" in item.keywords and settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+            item.add_marker(
+                pytest.mark.skip(reason="PostgreSQL-only feature (the SQLite run covers the rest)")
+            )
+
+
+@pytest.fixture
+def is_postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+@pytest.fixture
+def now(db: Any) -> Any:
+    return db_now()
+
+
+@pytest.fixture
+def make_tenant(db: Any) -> Callable[..., Tenant]:
+    def make(plan: str = Plan.FREE, **kwargs: Any) -> Tenant:
+        return Tenant.objects.create(
+            name=kwargs.pop("name", f"tenant-{next(_sequence)}"), plan=plan, **kwargs
+        )
+
+    return make
+
+
+@pytest.fixture
+def make_agent(db: Any, make_tenant: Callable[..., Tenant]) -> Callable[..., Agent]:
+    def make(*, platform: bool = True, tenant: Tenant | None = None, **kwargs: Any) -> Agent:
+        secret = issue_secret("cpa")
+        if not platform and tenant is None:
+            tenant = make_tenant()
+        kwargs.setdefault("health", AgentHealth.ONLINE)
+        return Agent.objects.create(
+            name=kwargs.pop("name", f"agent-{next(_sequence)}"),
+            tenant=None if platform else tenant,
+            is_platform_agent=platform,
+            api_key_hash=secret.hash,
+            api_key_prefix=secret.prefix,
+            **kwargs,
+        )
+
+    return make
+
+
+@pytest.fixture
+def make_command(db: Any, make_tenant: Callable[..., Tenant]) -> Callable[..., Command]:
+    def make(*, tenant: Tenant | None = None, **kwargs: Any) -> Command:
+        kwargs.setdefault("queued_at", db_now() - timedelta(seconds=1))
+        kwargs.setdefault("kind", "test")
+        kwargs.setdefault("is_platform_job", True)
+        return Command.objects.create(tenant=tenant or make_tenant(), **kwargs)
+
+    return make
