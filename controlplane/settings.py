@@ -58,7 +58,10 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
     }
     if _database["NAME"] not in ("", ":memory:"):
         Path(_database["NAME"]).parent.mkdir(parents=True, exist_ok=True)
-    _database.setdefault("TEST", {})["NAME"] = str(VAR_DIR / "test_controlplane.sqlite3")
+        # Tests get a file beside the configured one, so parallel runs never share a file.
+        _database.setdefault("TEST", {})["NAME"] = (
+            str(Path(_database["NAME"]).with_suffix("")) + "-test.sqlite3"
+        )
 elif _database["ENGINE"] in (
     "django.db.backends.postgresql",
     "django_prometheus.db.backends.postgresql",

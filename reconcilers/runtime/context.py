@@ -13,7 +13,7 @@ from typing import Any
 
 from django.db import connection, transaction
 
-from reconcilers.runtime.contract import LockLostError, RunTimeoutError
+from reconcilers.runtime.contract import Controller, LockLostError, ReconcileResult, RunTimeoutError
 from reconcilers.runtime.fencing import fence_check
 
 # Statement and lock-wait ceilings on PostgreSQL, kept below the lock TTL so a paused
@@ -59,3 +59,14 @@ class RunContext:
         with connection.cursor() as cursor:
             cursor.execute(f"SET LOCAL statement_timeout = {millis}")
             cursor.execute(f"SET LOCAL lock_timeout = {millis}")
+
+
+def reconcile_in_context(controller: Controller, ctx: RunContext) -> ReconcileResult:
+    """Run one reconcile. A dry run executes the real steps inside an outer transaction
+    that is always rolled back, so its counts are exactly what a real run would change."""
+    if not ctx.dry_run:
+        return controller.reconcile(ctx)
+    with transaction.atomic():
+        result = controller.reconcile(ctx)
+        transaction.set_rollback(True)
+    return result
