@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +20,7 @@ from reconcilers.runtime.fencing import fence_check
 # holder cannot block a new one indefinitely (threads and libpq waits cannot be
 # interrupted from Python; the server can).
 STATEMENT_TIMEOUT_MARGIN_SECONDS = 1
+LOGGED_IDS_MAX = 50  # affected ids logged per step at DEBUG, so a million-row step stays one line
 
 
 @dataclass
@@ -45,6 +46,25 @@ class RunContext:
             self._apply_server_timeouts()
             yield
             fence_check(self.controller, self.fence)
+
+    def log_step(self, step: str, count: int, ids: Sequence[int] = ()) -> None:
+        params = self.params.model_dump(mode="json") if hasattr(self.params, "model_dump") else self.params
+        level = logging.WARNING if self.dry_run and count else logging.INFO
+        self.log.log(
+            level,
+            "%s step=%s count=%d dry_run=%s fence=%d params=%s",
+            self.controller,
+            step,
+            count,
+            self.dry_run,
+            self.fence,
+            params,
+            extra={"controller": self.controller, "step": step, "count": count, "dry_run": self.dry_run},
+        )
+        if ids and self.log.isEnabledFor(logging.DEBUG):
+            shown = list(ids[:LOGGED_IDS_MAX])
+            more = f" (+{len(ids) - len(shown)} more)" if len(ids) > len(shown) else ""
+            self.log.debug("%s step=%s ids=%s%s", self.controller, step, shown, more)
 
     def checkpoint(self) -> None:
         if self.lock_lost.is_set():

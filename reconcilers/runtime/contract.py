@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -79,6 +79,11 @@ class ReconcileContext(Protocol):
         same transaction and raises LockLostError (rolling back) if a newer grant exists.
         In a dry run the whole reconcile sits in an outer transaction that is rolled back,
         so steps see each other's effects exactly as in a real run."""
+        ...
+
+    def log_step(self, step: str, count: int, ids: Sequence[int] = ()) -> None:
+        """Log one step's outcome: an INFO line with the count and the run's parameters, the
+        affected ids at DEBUG (bounded), and a WARNING when a dry run found work."""
         ...
 
     def checkpoint(self) -> None:
