@@ -1,0 +1,1 @@
+"""Set-based SQL building blocks the controllers share: clock arithmetic and keyset batches."""
