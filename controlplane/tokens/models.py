@@ -56,7 +56,18 @@ class BootstrapToken(models.Model):
                 condition=Q(current_uses__lte=F("max_uses")), name="token_uses_within_max"
             ),
         ]
-        indexes = [models.Index(fields=["status", "expires_at"], name="token_status_expiry_idx")]
+        indexes = [
+            models.Index(fields=["status", "expires_at"], name="token_status_expiry_idx"),
+            # token-cleanup's grace-period deletes, keyed by each status's anchor, oldest first.
+            models.Index(
+                fields=["revoked_at", "id"], condition=Q(status="revoked"), name="token_revoked_anchor_idx"
+            ),
+            models.Index(
+                fields=["status_changed_at", "id"],
+                condition=Q(status="exhausted"),
+                name="token_exhausted_anchor_idx",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.token_prefix}… ({self.status})"

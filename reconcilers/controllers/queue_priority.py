@@ -24,10 +24,9 @@ from reconcilers.queries.expressions import wait_minutes_expression
 from reconcilers.runtime.contract import Controller, ControllerParams, ReconcileContext, ReconcileResult
 
 BATCH_SIZE = 1000  # jobs per UPDATE: one short transaction each, bounded lock time for claimers
-PLAN_BASE_DEFAULT: dict[str, int] = {"enterprise": 100, "business": 75, "team": 50, "free": 25}
-PLAN_BASE_MAX = 10_000
-
 PlanName = Literal["free", "team", "business", "enterprise"]
+PLAN_BASE_DEFAULT: dict[PlanName, int] = {"enterprise": 100, "business": 75, "team": 50, "free": 25}
+PLAN_BASE_MAX = 10_000
 PlanBase = Annotated[int, Field(ge=0, le=PLAN_BASE_MAX)]
 
 
@@ -45,7 +44,7 @@ class QueuePriorityParams(ControllerParams):
 
     @field_validator("plan_base")
     @classmethod
-    def _every_plan(cls, value: dict[str, int]) -> dict[str, int]:
+    def _every_plan(cls, value: dict[PlanName, int]) -> dict[PlanName, int]:
         missing = sorted(set(Plan.values) - set(value))
         if missing:
             raise ValueError(f"every plan needs a base priority; missing: {', '.join(missing)}")
@@ -111,7 +110,7 @@ class QueuePriority(Controller):
             .values_list("tenant_id", "tenant__plan")
             .annotate(depth=Count("id"))
         )
-        plan_base: dict[str, int] = dict(params.plan_base)
+        plan_base: dict[str, int] = {str(plan): base for plan, base in params.plan_base.items()}
         return {
             tenant_id: plan_base[plan] + max(0, params.depth_bonus_max - depth)
             for tenant_id, plan, depth in depths

@@ -6,10 +6,12 @@ batches passed over; a keyset on (key, id) resumes exactly where the last batch 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from django.db.models import Q, QuerySet
+
+from reconcilers.runtime.contract import ReconcileContext
 
 
 def keyset_rows(
@@ -58,3 +60,39 @@ def keyset_batches(
     """Like `keyset_rows`, yielding only the primary keys."""
     for rows in keyset_rows(queryset, key, size, nulls_first=nulls_first):
         yield [row[0] for row in rows]
+
+
+def update_in_batches(
+    ctx: ReconcileContext,
+    candidates: QuerySet[Any],
+    key: str,
+    size: int,
+    values: Mapping[str, Any],
+    *,
+    nulls_first: bool = False,
+) -> tuple[int, list[int]]:
+    """Conditionally UPDATE every row of `candidates`, one keyset batch per fenced transaction.
+
+    `candidates` carries the whole condition; it is applied again in the UPDATE's WHERE
+    clause (`pk IN batch AND condition`), so a row that stopped matching since it was
+    read (a concurrent heartbeat, claim or report) is left alone. Returns the number of
+    rows changed and the ids of the batches (for the DEBUG log).
+    """
+    changed, seen = 0, []
+    for ids in keyset_batches(candidates, key, size, nulls_first=nulls_first):
+        with ctx.transaction():
+            changed += candidates.filter(pk__in=ids).update(**values)
+        seen.extend(ids)
+    return changed, seen
+
+
+def delete_in_batches(
+    ctx: ReconcileContext, candidates: QuerySet[Any], key: str, size: int
+) -> tuple[int, list[int]]:
+    """Conditionally DELETE every row of `candidates`, one keyset batch per fenced transaction."""
+    deleted, seen = 0, []
+    for ids in keyset_batches(candidates, key, size):
+        with ctx.transaction():
+            deleted += candidates.filter(pk__in=ids).delete()[0]
+        seen.extend(ids)
+    return deleted, seen
