@@ -1,0 +1,328 @@
+"""Writes on commands from producers and agents: enqueue, claim, and the holder's reports.
+
+Every write is one conditional UPDATE whose WHERE clause re-checks the state it depends
+on and bumps `version`, so a report from a slow former holder, a controller sweep and a
+new claim can interleave in any order without one overwriting another.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import F
+from django.db.models.functions import Coalesce, Now
+
+from controlplane.agents.models import Agent, AgentHealth, AgentStatus
+from controlplane.commands.models import ACTIVE_STATUSES, Command, CommandStatus
+from controlplane.commands.priority import queue_priority
+from controlplane.common.db import db_now, is_postgresql
+from controlplane.tenants.models import Tenant
+
+log = logging.getLogger(__name__)
+
+MAX_KIND_LENGTH = 100  # Command.kind max_length
+MAX_ENQUEUE_BATCH = 10_000  # one producer call; bigger batches belong in a loop of batches
+MAX_ERROR_MESSAGE_LENGTH = 4000
+
+
+class EnqueueError(ValueError):
+    """The enqueue request is invalid; nothing was saved."""
+
+
+class JobNotFoundError(Exception):
+    """No such job, or not one this agent could ever hold (another tenant's, or the other kind)."""
+
+
+class JobConflictError(Exception):
+    """The job is not held by this agent at this attempt, or not in a state the report applies to."""
+
+    def __init__(self, job_id: int, status: str) -> None:
+        super().__init__(f"job {job_id} is {status} and not held by this agent at this attempt")
+        self.status = status
+
+
+# --- enqueue -----------------------------------------------------------------------------------
+
+
+def _priority_settings() -> tuple[Mapping[str, int], int, int]:
+    # Imported late: the registry imports every controller, which imports the domain apps.
+    from reconcilers.registry import params_load
+
+    params: Any = params_load("queue-priority")
+    plan_base = params.plan_base
+    if hasattr(plan_base, "model_dump"):
+        plan_base = plan_base.model_dump()
+    return dict(plan_base), int(params.age_bonus_per_minute), int(params.depth_bonus_max)
+
+
+def command_enqueue_many(
+    tenant: Tenant,
+    kind: str,
+    payloads: Sequence[dict[str, Any]],
+    *,
+    is_platform_job: bool,
+    target_agent: Agent | None = None,
+    expires_at: datetime | None = None,
+) -> list[Command]:
+    """Enqueue several jobs of one tenant in one INSERT; same rules as `command_enqueue`."""
+    if not kind or len(kind) > MAX_KIND_LENGTH:
+        raise EnqueueError(f"kind must be 1..{MAX_KIND_LENGTH} characters")
+    if not 1 <= len(payloads) <= MAX_ENQUEUE_BATCH:
+        raise EnqueueError(f"between 1 and {MAX_ENQUEUE_BATCH} jobs per call")
+    if any(not isinstance(payload, dict) for payload in payloads):
+        raise EnqueueError("payload must be a JSON object")
+    if target_agent is not None:
+        if is_platform_job:
+            raise EnqueueError("platform jobs are never pinned to an agent")
+        if target_agent.tenant_id != tenant.pk:
+            raise EnqueueError("target_agent must be one of the tenant's agents")
+    with transaction.atomic():
+        now = db_now()
+        if expires_at is not None and expires_at <= now:
+            raise EnqueueError("expires_at must be in the future")
+        if is_platform_job:
+            plan_base, age_bonus, depth_bonus_max = _priority_settings()
+            # Racing producers may each count the other's jobs or not; queue-priority
+            # recomputes the exact value on its next run.
+            pending = Command.objects.filter(
+                tenant=tenant, is_platform_job=True, status=CommandStatus.PENDING, agent__isnull=True
+            ).count()
+            priorities = [
+                queue_priority(
+                    plan=tenant.plan,
+                    plan_base=plan_base,
+                    wait_minutes=0,
+                    age_bonus_per_minute=age_bonus,
+                    depth_bonus_max=depth_bonus_max,
+                    tenant_pending_jobs=pending + offset + 1,
+                )
+                for offset in range(len(payloads))
+            ]
+        else:
+            priorities = [0] * len(payloads)  # tenant commands are claimed oldest first
+        commands = Command.objects.bulk_create(
+            [
+                Command(
+                    tenant=tenant,
+                    is_platform_job=is_platform_job,
+                    kind=kind,
+                    payload=payload,
+                    target_agent=target_agent,
+                    queue_priority=priority,
+                    queued_at=now,
+                    expires_at=expires_at,
+                )
+                for payload, priority in zip(payloads, priorities, strict=True)
+            ]
+        )
+    log.info(
+        "enqueued %d %s job(s) of kind %s for tenant %s",
+        len(commands),
+        "platform" if is_platform_job else "tenant",
+        kind,
+        tenant.pk,
+    )
+    return commands
+
+
+def command_enqueue(
+    tenant: Tenant,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    is_platform_job: bool,
+    target_agent: Agent | None = None,
+    expires_at: datetime | None = None,
+) -> Command:
+    """Enqueue one job: pending, queued_at = database now, queue_priority by the shared formula.
+
+    Platform jobs get `plan_base + max(0, depth_bonus_max - tenant_pending_jobs)` (no wait
+    yet) with the queue-priority controller's current params; tenant commands get 0 and
+    are claimed oldest first. A tenant command may be pinned to one of its tenant's agents.
+    Raises EnqueueError (nothing saved) for bad input.
+    """
+    return command_enqueue_many(
+        tenant,
+        kind,
+        [payload],
+        is_platform_job=is_platform_job,
+        target_agent=target_agent,
+        expires_at=expires_at,
+    )[0]
+
+
+# --- claim -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    job_id: int
+    attempt: int
+    kind: str
+    payload: Any
+
+
+_CLAIM_SET = """
+    UPDATE {table}
+       SET agent_id = %s, status = 'acknowledged', acknowledged_at = %s,
+           dispatch_attempts = dispatch_attempts + 1, version = version + 1
+     WHERE id = ({pick})
+       AND status = 'pending' AND agent_id IS NULL
+ RETURNING id
+"""
+_PICK_PLATFORM = """
+    SELECT id FROM {table}
+     WHERE status = 'pending' AND is_platform_job = %s AND agent_id IS NULL
+       AND (expires_at IS NULL OR expires_at > %s)
+     ORDER BY queue_priority DESC, queued_at ASC, id ASC
+     LIMIT 1 {lock}
+"""
+_PICK_TENANT = """
+    SELECT id FROM {table}
+     WHERE tenant_id = %s AND status = 'pending' AND is_platform_job = %s AND agent_id IS NULL
+       AND (target_agent_id IS NULL OR target_agent_id = %s)
+       AND (expires_at IS NULL OR expires_at > %s)
+     ORDER BY queued_at ASC, id ASC
+     LIMIT 1 {lock}
+"""
+
+
+def command_claim(agent_id: int) -> ClaimedJob | None:
+    """Give the agent its best next job, or None.
+
+    Platform agents get pending unclaimed platform jobs in dispatch order
+    (queue_priority DESC, queued_at ASC, id ASC); tenant agents get their tenant's
+    pending commands pinned to them or unpinned, oldest first. Jobs past expires_at are
+    skipped. None when the agent is not active, not online (job-recovery would take the
+    job straight back as holder_offline) or already holds max_concurrent_jobs.
+
+    The claim sets the holder, status acknowledged, acknowledged_at (database clock),
+    dispatch_attempts + 1 (returned as the attempt) and version + 1, in one UPDATE whose
+    row is picked with FOR UPDATE SKIP LOCKED on PostgreSQL, so concurrent claimers never
+    wait on or double-claim a row. On SQLite the single UPDATE ... WHERE id = (SELECT ...)
+    is atomic by itself (the database has one writer), which is what serialises claims.
+    """
+    with transaction.atomic():
+        # Locking the agent row serialises one agent's concurrent claims, so the
+        # held-jobs count below cannot be raced past max_concurrent_jobs.
+        agent = (
+            Agent.objects.select_for_update()
+            .filter(pk=agent_id, status=AgentStatus.ACTIVE)
+            .only("pk", "tenant_id", "is_platform_agent", "health", "max_concurrent_jobs")
+            .first()
+        )
+        if agent is None or agent.health != AgentHealth.ONLINE:
+            return None
+        held = Command.objects.filter(agent_id=agent_id, status__in=ACTIVE_STATUSES).count()
+        if held >= agent.max_concurrent_jobs:
+            return None
+        now = db_now()
+        now_param = connection.ops.adapt_datetimefield_value(now)
+        lock = "FOR UPDATE SKIP LOCKED" if is_postgresql() else ""
+        table = Command._meta.db_table
+        if agent.is_platform_agent:
+            pick = _PICK_PLATFORM.format(table=table, lock=lock)
+            pick_params: list[Any] = [True, now_param]
+        else:
+            pick = _PICK_TENANT.format(table=table, lock=lock)
+            pick_params = [agent.tenant_id, False, agent_id, now_param]
+        with connection.cursor() as cursor:
+            cursor.execute(_CLAIM_SET.format(table=table, pick=pick), [agent_id, now_param, *pick_params])
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        job = Command.objects.values("id", "dispatch_attempts", "kind", "payload").get(pk=row[0])
+    log.debug("agent %s claimed job %s (attempt %s)", agent_id, job["id"], job["dispatch_attempts"])
+    return ClaimedJob(
+        job_id=job["id"], attempt=job["dispatch_attempts"], kind=job["kind"], payload=job["payload"]
+    )
+
+
+# --- reports from the holder -------------------------------------------------------------------
+
+
+def _report(
+    agent: Agent, job_id: int, attempt: int, from_statuses: Sequence[str], values: dict[str, Any]
+) -> str:
+    updated = Command.objects.filter(
+        pk=job_id, agent_id=agent.pk, dispatch_attempts=attempt, status__in=from_statuses
+    ).update(**values, version=F("version") + 1)
+    if updated:
+        return str(values["status"])
+    # Refused: tell "no such job (for you)" from "not yours at this attempt any more".
+    visible = Command.objects.filter(pk=job_id, is_platform_job=agent.is_platform_agent)
+    if agent.tenant_id is not None:
+        visible = visible.filter(tenant_id=agent.tenant_id)
+    status = visible.values_list("status", flat=True).first()
+    if status is None:
+        raise JobNotFoundError(job_id)
+    raise JobConflictError(job_id, status)
+
+
+def command_report_start(agent: Agent, job_id: int, attempt: int) -> str:
+    """acknowledged -> running (started_at = database now). Returns the new status.
+
+    Raises JobNotFoundError, or JobConflictError when the job is not held by `agent` at
+    `attempt` or is not acknowledged; nothing changes then.
+    """
+    return _report(
+        agent,
+        job_id,
+        attempt,
+        [CommandStatus.ACKNOWLEDGED],
+        {"status": CommandStatus.RUNNING, "started_at": Now()},
+    )
+
+
+def command_report_progress(agent: Agent, job_id: int, attempt: int, message: str = "") -> str:
+    """Record progress (last_progress_at = database now) on an acknowledged or running job.
+
+    Progress implies the work has started, so an acknowledged job becomes running with
+    started_at set (an agent that skips `start` is not then requeued as not picked up).
+    The message is logged, not stored: the Command row keeps no progress history.
+    """
+    status = _report(
+        agent,
+        job_id,
+        attempt,
+        list(ACTIVE_STATUSES),
+        {
+            "status": CommandStatus.RUNNING,
+            "started_at": Coalesce(F("started_at"), Now()),
+            "last_progress_at": Now(),
+        },
+    )
+    if message:
+        log.debug("job %s progress: %s", job_id, message[:200])
+    return status
+
+
+def command_report_complete(agent: Agent, job_id: int, attempt: int) -> str:
+    """acknowledged/running -> completed (completed_at = database now); terminal."""
+    return _report(
+        agent,
+        job_id,
+        attempt,
+        list(ACTIVE_STATUSES),
+        {"status": CommandStatus.COMPLETED, "completed_at": Now()},
+    )
+
+
+def command_report_fail(agent: Agent, job_id: int, attempt: int, error: str) -> str:
+    """acknowledged/running -> failed (completed_at = database now, error_message); terminal."""
+    return _report(
+        agent,
+        job_id,
+        attempt,
+        list(ACTIVE_STATUSES),
+        {
+            "status": CommandStatus.FAILED,
+            "completed_at": Now(),
+            "error_message": error[:MAX_ERROR_MESSAGE_LENGTH],
+        },
+    )
