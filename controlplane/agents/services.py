@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,6 +13,10 @@ from django.db.models.functions import Now
 
 from controlplane.agents.models import Agent, AgentHealth, AgentLease, AgentStatus
 from controlplane.audit.services import audit_record
+from controlplane.commands.models import ACTIVE_STATUSES, Command, StatusReason
+from controlplane.commands.transitions import requeue_values
+from controlplane.common.db import db_now
+from controlplane.common.errors import ConcurrentModificationError, InvalidTransition
 from controlplane.common.secrets import issue_secret
 from controlplane.tenants.models import Tenant
 
@@ -102,3 +107,239 @@ def agent_create(
             details={"name": name, "tenant": tenant.pk if tenant else None, **(details or {})},
         )
     return CreatedAgent(agent=agent, api_key=secret.raw)
+
+
+# --- Operator actions -------------------------------------------------------------------
+# Each locks the agent row, checks its state and the version the operator saw, then writes
+# with the same conditions in the WHERE clause (so a concurrent heartbeat or sweep is never
+# overwritten, even where row locks are a no-op as on SQLite), bumps `version` and records
+# an AuditLog row in the same transaction.
+
+# status is admin-controlled; revoked is final (a revoked key must never work again).
+AGENT_STATUS_TRANSITIONS: dict[str, frozenset[str]] = {
+    AgentStatus.ACTIVE: frozenset({AgentStatus.DISABLED, AgentStatus.REVOKED}),
+    AgentStatus.DISABLED: frozenset({AgentStatus.ACTIVE, AgentStatus.REVOKED}),
+    AgentStatus.REVOKED: frozenset(),
+}
+# What an operator may edit in the change form; the rest belongs to heartbeats and controllers.
+AGENT_OPERATOR_FIELDS = frozenset({"name", "status", "capabilities", "max_concurrent_jobs"})
+
+
+def _agent_locked_state(agent_id: int) -> Mapping[str, Any]:
+    row = (
+        Agent.objects.select_for_update()
+        .filter(pk=agent_id)
+        .values("name", "status", "health", "version", "capabilities", "max_concurrent_jobs")
+        .first()
+    )
+    if row is None:
+        raise Agent.DoesNotExist(f"agent #{agent_id} does not exist")
+    return row
+
+
+def _agent_version_check(agent_id: int, row: Mapping[str, Any], expected_version: int | None) -> None:
+    if expected_version is not None and row["version"] != expected_version:
+        raise ConcurrentModificationError(
+            f"agent {row['name']!r} changed concurrently, reload: version {expected_version} was loaded, "
+            f"the database has {row['version']} (a heartbeat, a controller or another operator wrote it); "
+            "nothing was changed"
+        )
+
+
+def _agent_status_check(row: Mapping[str, Any], target: str) -> None:
+    if target not in AGENT_STATUS_TRANSITIONS[row["status"]]:
+        final = " (revoked is final)" if row["status"] == AgentStatus.REVOKED else ""
+        raise InvalidTransition(f"cannot set agent {row['name']!r} from {row['status']} to {target}{final}")
+
+
+def _agent_lost_race(agent_id: int) -> ConcurrentModificationError:
+    return ConcurrentModificationError(
+        f"agent #{agent_id} changed concurrently, reload: it was written while this action ran; "
+        "nothing was changed"
+    )
+
+
+def _agent_jobs_requeue(agent_id: int, *, at: datetime, actor: str) -> list[int]:
+    """Requeue every acknowledged/running job the agent holds (reason holder_revoked), set-based.
+
+    target_agent is kept: a tenant command stays pinned to its agent, and job-recovery
+    expires it if that agent never comes back.
+    """
+    held = list(
+        Command.objects.select_for_update()
+        .filter(agent_id=agent_id, status__in=ACTIVE_STATUSES)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    if held:
+        Command.objects.filter(pk__in=held, agent_id=agent_id, status__in=ACTIVE_STATUSES).update(
+            **requeue_values(
+                at=at, reason=StatusReason.HOLDER_REVOKED, message=f"holder agent revoked by {actor}"
+            )
+        )
+    return held
+
+
+def _agent_status_write(
+    agent_id: int, *, target: str, expected_version: int | None, actor: str, action: str
+) -> bool:
+    with transaction.atomic():
+        row = _agent_locked_state(agent_id)
+        if row["status"] == target:
+            return False
+        _agent_status_check(row, target)
+        _agent_version_check(agent_id, row, expected_version)
+        at = db_now()
+        changed = Agent.objects.filter(pk=agent_id, status=row["status"], version=row["version"]).update(
+            status=target, version=F("version") + 1, updated_at=at
+        )
+        if not changed:
+            raise _agent_lost_race(agent_id)
+        details: dict[str, Any] = {"from_status": row["status"], "to_status": target}
+        if target == AgentStatus.REVOKED:
+            details["requeued_commands"] = _agent_jobs_requeue(agent_id, at=at, actor=actor)
+        audit_record(
+            actor=actor, action=action, resource_type="agent", resource_id=agent_id, details=details, at=at
+        )
+    return True
+
+
+def agent_revoke(agent_id: int, *, expected_version: int | None, actor: str) -> bool:
+    """Revoke an agent (final: its key never authenticates again) and requeue its
+    acknowledged/running jobs with reason holder_revoked, in one transaction.
+
+    Returns False if it is already revoked; raises ConcurrentModificationError if
+    `expected_version` is given and is not the row's version.
+    """
+    return _agent_status_write(
+        agent_id,
+        target=AgentStatus.REVOKED,
+        expected_version=expected_version,
+        actor=actor,
+        action="agent.revoked",
+    )
+
+
+def agent_set_status(agent_id: int, status: str, *, expected_version: int | None, actor: str) -> bool:
+    """Disable (active → disabled) or enable (disabled → active) an agent.
+
+    Returns False if it already has that status; raises InvalidTransition for a revoked
+    agent (revoked is final) and ConcurrentModificationError on a version mismatch.
+    `status="revoked"` is agent_revoke (the held jobs are requeued).
+    """
+    if status == AgentStatus.REVOKED:
+        return agent_revoke(agent_id, expected_version=expected_version, actor=actor)
+    if status not in (AgentStatus.ACTIVE, AgentStatus.DISABLED):
+        raise ValueError(f"unknown agent status {status!r}")
+    action = "agent.enabled" if status == AgentStatus.ACTIVE else "agent.disabled"
+    return _agent_status_write(
+        agent_id, target=status, expected_version=expected_version, actor=actor, action=action
+    )
+
+
+def agent_force_offline(agent_id: int, *, expected_version: int | None, actor: str) -> bool:
+    """Mark an agent offline now (last_offline_at = database clock), as agent-health would.
+
+    Returns False if it is already offline. Its held jobs are left to job-recovery
+    (reason holder_offline), exactly as for an agent that went quiet. A platform agent
+    that is still alive turns online again at its next heartbeat.
+    """
+    with transaction.atomic():
+        row = _agent_locked_state(agent_id)
+        if row["health"] == AgentHealth.OFFLINE:
+            return False
+        _agent_version_check(agent_id, row, expected_version)
+        at = db_now()
+        changed = (
+            Agent.objects.filter(pk=agent_id, version=row["version"])
+            .exclude(health=AgentHealth.OFFLINE)
+            .update(health=AgentHealth.OFFLINE, last_offline_at=at, version=F("version") + 1, updated_at=at)
+        )
+        if not changed:
+            raise _agent_lost_race(agent_id)
+        audit_record(
+            actor=actor,
+            action="agent.forced_offline",
+            resource_type="agent",
+            resource_id=agent_id,
+            details={"from_health": row["health"]},
+            at=at,
+        )
+    return True
+
+
+def agent_update(agent_id: int, *, changes: Mapping[str, Any], expected_version: int, actor: str) -> bool:
+    """An operator's edit from the change form: one conditional UPDATE of exactly the changed
+    editable fields (WHERE version = expected_version), so a heartbeat that landed after the
+    form was loaded is never overwritten: the edit is refused instead.
+
+    A status change follows the same rules as the actions (revoked is final; revoking
+    requeues the held jobs). Returns False if `changes` is empty. Raises ValueError for a
+    field operators may not edit, InvalidTransition, ConcurrentModificationError.
+    """
+    unknown = set(changes) - AGENT_OPERATOR_FIELDS
+    if unknown:
+        raise ValueError(f"not editable by operators: {', '.join(sorted(unknown))}")
+    if not changes:
+        return False
+    with transaction.atomic():
+        row = _agent_locked_state(agent_id)
+        _agent_version_check(agent_id, row, expected_version)
+        # A form may resubmit values it did not change; writing them would bump version for nothing.
+        changes = {field: value for field, value in changes.items() if row[field] != value}
+        if not changes:
+            return False
+        target = changes.get("status", row["status"])
+        if target != row["status"]:
+            _agent_status_check(row, target)
+        at = db_now()
+        changed = Agent.objects.filter(pk=agent_id, version=expected_version, status=row["status"]).update(
+            **changes, version=F("version") + 1, updated_at=at
+        )
+        if not changed:
+            raise _agent_lost_race(agent_id)
+        details: dict[str, Any] = {
+            "before": {field: row[field] for field in changes},
+            "after": dict(changes),
+        }
+        if target == AgentStatus.REVOKED and row["status"] != AgentStatus.REVOKED:
+            details["requeued_commands"] = _agent_jobs_requeue(agent_id, at=at, actor=actor)
+        audit_record(
+            actor=actor,
+            action="agent.updated",
+            resource_type="agent",
+            resource_id=agent_id,
+            details=details,
+            at=at,
+        )
+    return True
+
+
+def agent_lease_update(
+    lease_id: int, *, changes: Mapping[str, Any], expected_version: int, actor: str
+) -> bool:
+    """An operator's edit of a lease's duration, conditional on the version the form loaded
+    (every renewal bumps it), so a save never rewinds a concurrent renewal."""
+    unknown = set(changes) - {"lease_duration_seconds"}
+    if unknown:
+        raise ValueError(f"not editable by operators: {', '.join(sorted(unknown))}")
+    if not changes:
+        return False
+    with transaction.atomic():
+        changed = AgentLease.objects.filter(pk=lease_id, version=expected_version).update(
+            **changes, version=F("version") + 1
+        )
+        if not changed:
+            current = AgentLease.objects.filter(pk=lease_id).values_list("version", flat=True).first()
+            raise ConcurrentModificationError(
+                f"lease #{lease_id} changed concurrently, reload: version {expected_version} was loaded, "
+                f"the database has {current}; nothing was changed"
+            )
+        audit_record(
+            actor=actor,
+            action="agent.lease.updated",
+            resource_type="agent_lease",
+            resource_id=lease_id,
+            details={"after": dict(changes)},
+        )
+    return True
