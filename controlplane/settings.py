@@ -98,6 +98,14 @@ RECONCILERS_LOCK_BACKEND: str = _read(
 )
 RECONCILERS_LOCK_PREFIX: str = _read("RECONCILERS_LOCK_PREFIX", env.str, "controlplane:lock:")
 RECONCILERS_QUEUE: str = _read("RECONCILERS_QUEUE", env.str, "reconcilers")
+# Lock TTL (seconds): renewed every TTL/3 while a run lasts; PostgreSQL statement and
+# lock-wait timeouts of a run sit just below it so a paused holder cannot block a new one.
+RECONCILERS_LOCK_TTL_SECONDS: float = _read(
+    "RECONCILERS_LOCK_TTL_SECONDS", env.float, 30.0, validate=lambda v: 3 <= v <= 3600
+)
+# The Celery worker's main process serves the controller metrics of all its children here
+# (prometheus_client multiprocess mode when PROMETHEUS_MULTIPROC_DIR is set); 0 disables it.
+WORKER_METRICS_PORT: int = _read("WORKER_METRICS_PORT", env.int, 9808, validate=lambda v: 0 <= v <= 65535)
 METRICS_NAMESPACE: str = _read("METRICS_NAMESPACE", env.str, "controlplane")
 AGENT_HEARTBEAT_INTERVAL_SECONDS: int = _read(
     "AGENT_HEARTBEAT_INTERVAL_SECONDS", env.int, 30, validate=lambda v: 1 <= v <= 3600

@@ -66,6 +66,15 @@ class ReconcilerState(models.Model):
         blank=True,
         help_text="Start of the last successful real (not dry) run; the too-soon anchor.",
     )
+    lock_token = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        help_text="Database lease lock (RECONCILERS_LOCK_BACKEND=database): the holder's random token.",
+    )
+    lock_expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="Database lease lock: the lease ends here unless renewed."
+    )
 
     def __str__(self) -> str:
         return f"{self.controller} fence={self.fence}"

@@ -1,0 +1,285 @@
+"""Every controller metric, defined once: the seed's Metrics interface, Prometheus and no-op.
+
+Names: `<METRICS_NAMESPACE>_controller_<metric>`; every label combination of the
+registered controllers is pre-created at 0 so a dashboard or alert never sees a gap.
+
+Multiprocess: with PROMETHEUS_MULTIPROC_DIR set (Celery prefork, several gunicorn
+workers), prometheus_client writes each process's values to files in that directory;
+`multiprocess_registry()` aggregates them for a scrape. Gauge modes say how processes
+combine: `livesum` for running (dead children drop out), `max` for timestamps,
+`mostrecent` for values that are a setting or the latest observation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol
+
+from django.conf import settings
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+
+log = logging.getLogger(__name__)
+
+SUBSYSTEM = "controller"
+RESULTS = ("success", "error")
+SKIP_REASONS = ("disabled", "paused", "locked", "lock_unavailable", "too_soon")
+# Seconds; from sub-millisecond no-ops to the half-hour audit purge.
+DURATION_BUCKETS_SECONDS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class Metrics(Protocol):
+    """The seed interface, plus what the runtime reports beyond it."""
+
+    def record_reconcile(
+        self, controller: str, items_processed: int, duration_seconds: float, err: BaseException | None
+    ) -> None: ...
+
+    def set_controller_running(self, controller: str, running: bool) -> None: ...
+
+    def increment_reconcile_errors(self, controller: str) -> None: ...
+
+    def set_last_reconcile_time(self, controller: str, at: datetime) -> None: ...
+
+    def record_skip(self, controller: str, reason: str) -> None: ...
+
+    def increment_lock_lost(self, controller: str) -> None: ...
+
+    def set_dry_run_pending_items(self, controller: str, items: int) -> None: ...
+
+    def set_brake_engaged(self, controller: str, engaged: bool) -> None: ...
+
+    def set_config(self, controller: str, *, enabled: bool, dry_run: bool, interval_seconds: int) -> None: ...
+
+    def precreate(self, controllers: Iterable[str]) -> None: ...
+
+
+class NoopMetrics:
+    """Metrics that record nothing (tests, tools)."""
+
+    def record_reconcile(
+        self, controller: str, items_processed: int, duration_seconds: float, err: BaseException | None
+    ) -> None:
+        pass
+
+    def set_controller_running(self, controller: str, running: bool) -> None:
+        pass
+
+    def increment_reconcile_errors(self, controller: str) -> None:
+        pass
+
+    def set_last_reconcile_time(self, controller: str, at: datetime) -> None:
+        pass
+
+    def record_skip(self, controller: str, reason: str) -> None:
+        pass
+
+    def increment_lock_lost(self, controller: str) -> None:
+        pass
+
+    def set_dry_run_pending_items(self, controller: str, items: int) -> None:
+        pass
+
+    def set_brake_engaged(self, controller: str, engaged: bool) -> None:
+        pass
+
+    def set_config(self, controller: str, *, enabled: bool, dry_run: bool, interval_seconds: int) -> None:
+        pass
+
+    def precreate(self, controllers: Iterable[str]) -> None:
+        pass
+
+
+class PrometheusMetrics:
+    """The Prometheus implementation; registered in the default registry (web /metrics)."""
+
+    def __init__(self, namespace: str, registry: CollectorRegistry | None = REGISTRY) -> None:
+        common: dict[str, Any] = {"namespace": namespace, "subsystem": SUBSYSTEM, "registry": registry}
+        self.reconcile_total = Counter(
+            "reconcile_total", "Reconcile runs by result.", ["controller", "result"], **common
+        )
+        self.reconcile_errors_total = Counter(
+            "reconcile_errors_total", "Reconcile runs that failed.", ["controller"], **common
+        )
+        self.reconcile_duration_seconds = Histogram(
+            "reconcile_duration_seconds",
+            "Duration of reconcile runs.",
+            ["controller"],
+            buckets=DURATION_BUCKETS_SECONDS,
+            **common,
+        )
+        self.items_processed_total = Counter(
+            "items_processed_total", "Rows changed by reconcile runs.", ["controller"], **common
+        )
+        self.running = Gauge(
+            "running", "1 while a run executes.", ["controller"], multiprocess_mode="livesum", **common
+        )
+        self.last_reconcile_timestamp_seconds = Gauge(
+            "last_reconcile_timestamp_seconds",
+            "Unix time of the last successful run.",
+            ["controller"],
+            multiprocess_mode="max",
+            **common,
+        )
+        self.reconcile_skipped_total = Counter(
+            "reconcile_skipped_total", "Runs skipped, by reason.", ["controller", "reason"], **common
+        )
+        self.lock_lost_total = Counter(
+            "lock_lost_total", "Runs stopped because their lock was lost.", ["controller"], **common
+        )
+        self.dry_run_pending_items = Gauge(
+            "dry_run_pending_items",
+            "Rows the last dry run found that a real run would change.",
+            ["controller"],
+            multiprocess_mode="mostrecent",
+            **common,
+        )
+        self.brake_engaged = Gauge(
+            "brake_engaged",
+            "1 when the last run stopped at its safety brake.",
+            ["controller"],
+            multiprocess_mode="mostrecent",
+            **common,
+        )
+        self.enabled = Gauge(
+            "enabled",
+            "1 when the controller is enabled.",
+            ["controller"],
+            multiprocess_mode="mostrecent",
+            **common,
+        )
+        self.dry_run = Gauge(
+            "dry_run", "1 when dry-run is on.", ["controller"], multiprocess_mode="mostrecent", **common
+        )
+        self.interval_seconds = Gauge(
+            "interval_seconds",
+            "Configured interval.",
+            ["controller"],
+            multiprocess_mode="mostrecent",
+            **common,
+        )
+
+    def precreate(self, controllers: Iterable[str]) -> None:
+        for name in controllers:
+            for result in RESULTS:
+                self.reconcile_total.labels(name, result)
+            for reason in SKIP_REASONS:
+                self.reconcile_skipped_total.labels(name, reason)
+            for metric in (
+                self.reconcile_errors_total,
+                self.reconcile_duration_seconds,
+                self.items_processed_total,
+                self.running,
+                self.last_reconcile_timestamp_seconds,
+                self.lock_lost_total,
+                self.dry_run_pending_items,
+                self.brake_engaged,
+                self.enabled,
+                self.dry_run,
+                self.interval_seconds,
+            ):
+                metric.labels(name)
+
+    def record_reconcile(
+        self, controller: str, items_processed: int, duration_seconds: float, err: BaseException | None
+    ) -> None:
+        self.reconcile_total.labels(controller, "error" if err is not None else "success").inc()
+        self.reconcile_duration_seconds.labels(controller).observe(duration_seconds)
+        if items_processed:
+            self.items_processed_total.labels(controller).inc(items_processed)
+
+    def set_controller_running(self, controller: str, running: bool) -> None:
+        self.running.labels(controller).set(1 if running else 0)
+
+    def increment_reconcile_errors(self, controller: str) -> None:
+        self.reconcile_errors_total.labels(controller).inc()
+
+    def set_last_reconcile_time(self, controller: str, at: datetime) -> None:
+        self.last_reconcile_timestamp_seconds.labels(controller).set(at.timestamp())
+
+    def record_skip(self, controller: str, reason: str) -> None:
+        self.reconcile_skipped_total.labels(controller, reason).inc()
+
+    def increment_lock_lost(self, controller: str) -> None:
+        self.lock_lost_total.labels(controller).inc()
+
+    def set_dry_run_pending_items(self, controller: str, items: int) -> None:
+        self.dry_run_pending_items.labels(controller).set(items)
+
+    def set_brake_engaged(self, controller: str, engaged: bool) -> None:
+        self.brake_engaged.labels(controller).set(1 if engaged else 0)
+
+    def set_config(self, controller: str, *, enabled: bool, dry_run: bool, interval_seconds: int) -> None:
+        self.enabled.labels(controller).set(1 if enabled else 0)
+        self.dry_run.labels(controller).set(1 if dry_run else 0)
+        self.interval_seconds.labels(controller).set(interval_seconds)
+
+
+@cache
+def metrics() -> PrometheusMetrics:
+    """The process-wide metrics (created on first use, in the default registry)."""
+    multiproc = os.environ.get(MULTIPROC_ENV)
+    if multiproc:
+        Path(multiproc).mkdir(parents=True, exist_ok=True)
+    return PrometheusMetrics(settings.METRICS_NAMESPACE)
+
+
+def metrics_precreate(configs: Mapping[str, tuple[bool, bool, int]] | None = None) -> None:
+    """Pre-create every series of the registered controllers at 0 and publish their config
+    gauges (`configs`: name -> (enabled, dry_run, interval_seconds), read from the database
+    by the caller when it can)."""
+    from reconcilers import registry
+
+    names = registry.controller_names()
+    instance = metrics()
+    instance.precreate(names)
+    for name, (enabled, dry_run, interval) in (configs or {}).items():
+        instance.set_config(name, enabled=enabled, dry_run=dry_run, interval_seconds=interval)
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+def multiprocess_dir_reset(keep_pid: int | None = None) -> None:
+    """Empty the multiprocess directory at worker start (one directory per host/container),
+    so values of a previous run's processes never add up with this run's.
+
+    Files of `keep_pid` are kept: the worker's main process has already created its own
+    zero-valued series (at Django setup) and keeps writing to those files.
+    """
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    suffix = f"_{keep_pid}.db" if keep_pid is not None else None
+    for entry in path.iterdir():
+        if suffix and entry.name.endswith(suffix):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def multiprocess_mark_dead(pid: int) -> None:
+    """Drop a finished process's live gauges (livesum/liveall) from the aggregate."""
+    if multiprocess_enabled():
+        multiprocess.mark_process_dead(pid)
+
+
+def multiprocess_registry() -> CollectorRegistry:
+    """A registry that aggregates every process's values (multiprocess mode), or the
+    default registry when this process is the only one recording."""
+    if not multiprocess_enabled():
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry

@@ -1,0 +1,163 @@
+"""Writes to the reconcilers' configuration: validated, audited, beat schedule synced in one transaction.
+
+The admin, the CLI and any API call these; nothing else writes ReconcilerConfig or the
+global pause.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+from django_celery_beat.models import PeriodicTasks
+from pydantic import ValidationError
+
+from controlplane.audit.services import audit_record
+from controlplane.common.db import db_now
+from reconcilers import registry
+from reconcilers.models import ReconcilerConfig, RuntimeSwitch
+from reconcilers.runtime.metrics import metrics
+from reconcilers.schedule import config_ensure, periodic_task_sync
+
+log = logging.getLogger(__name__)
+
+# Allowed ranges (SPEC section 6), in seconds.
+INTERVAL_SECONDS_RANGE = (1, 604800)
+RUN_TIMEOUT_SECONDS_RANGE = (1, 86400)
+CONFIG_FIELDS = ("enabled", "interval_seconds", "dry_run", "run_timeout_seconds", "params")
+
+
+class ConfigValidationError(ValueError):
+    """A config change was rejected; `field` names the offending field (params.<name> for params)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class ConfigConflictError(RuntimeError):
+    """The row changed between read and write (optimistic lock on `version`); nothing saved."""
+
+
+def _int_in_range(field: str, value: Any, bounds: tuple[int, int]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigValidationError(field, f"must be an integer, got {value!r}")
+    low, high = bounds
+    if not low <= value <= high:
+        raise ConfigValidationError(field, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _boolean(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigValidationError(field, f"must be true or false, got {value!r}")
+    return value
+
+
+def config_validate(name: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate `changes` for controller `name` and return them normalized (params as the
+    full validated dict, defaults filled in). Raises ConfigValidationError naming the field."""
+    controller = registry.controller_get(name)
+    unknown = sorted(set(changes) - set(CONFIG_FIELDS))
+    if unknown:
+        raise ConfigValidationError(unknown[0], "is not a configurable field")
+    clean: dict[str, Any] = {}
+    for field, value in changes.items():
+        if field == "interval_seconds":
+            clean[field] = _int_in_range(field, value, INTERVAL_SECONDS_RANGE)
+        elif field == "run_timeout_seconds":
+            clean[field] = _int_in_range(field, value, RUN_TIMEOUT_SECONDS_RANGE)
+        elif field in ("enabled", "dry_run"):
+            clean[field] = _boolean(field, value)
+        elif field == "params":
+            if not isinstance(value, Mapping):
+                raise ConfigValidationError("params", "must be a JSON object")
+            try:
+                params = controller.validate_params(value)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                where = ".".join(str(part) for part in error["loc"]) or "params"
+                raise ConfigValidationError(f"params.{where}", error["msg"]) from None
+            clean[field] = params.model_dump(mode="json")
+    return clean
+
+
+def config_warnings(name: str, params: Mapping[str, Any]) -> list[str]:
+    """The controller's non-blocking advice for these params (empty if they do not validate)."""
+    controller = registry.controller_get(name)
+    try:
+        return controller.config_warnings(controller.validate_params(params))
+    except ValidationError:
+        return []
+
+
+def _snapshot(row: ReconcilerConfig) -> dict[str, Any]:
+    return {field: getattr(row, field) for field in CONFIG_FIELDS}
+
+
+def config_update(name: str, changes: Mapping[str, Any], *, actor: str) -> ReconcilerConfig:
+    """Validate and apply `changes` to controller `name`'s config, conditional on the row's
+    version; write an AuditLog row (reconciler.config.updated, before, after) and sync the
+    controller's beat PeriodicTask in the same transaction, then signal the change so a
+    running beat picks it up. Raises ConfigValidationError (nothing saved) or
+    ConfigConflictError."""
+    clean = config_validate(name, changes)
+    controller = registry.controller_get(name)
+    with transaction.atomic():
+        row = config_ensure(controller)
+        before = _snapshot(row)
+        after = {**before, **clean}
+        if after == before:
+            return row
+        updated = ReconcilerConfig.objects.filter(pk=row.pk, version=row.version).update(
+            **clean, version=F("version") + 1, updated_at=db_now()
+        )
+        if not updated:
+            raise ConfigConflictError(f"{name}: config changed concurrently, reload and retry")
+        row.refresh_from_db()
+        audit_record(
+            actor=actor,
+            action="reconciler.config.updated",
+            resource_type="reconciler",
+            resource_id=name,
+            details={
+                "before": before,
+                "after": after,
+                "changed": sorted(key for key in after if after[key] != before[key]),
+            },
+        )
+        periodic_task_sync(row)
+        PeriodicTasks.update_changed()
+        transaction.on_commit(lambda: _publish_config(row))
+    log.info("%s: config updated by %s: %s", name, actor, clean)
+    return row
+
+
+def pause_set(paused: bool, *, actor: str) -> RuntimeSwitch:
+    """Set or clear the global pause (every run skips with `paused`), audited."""
+    with transaction.atomic():
+        switch, _ = RuntimeSwitch.objects.select_for_update().get_or_create(pk=1)
+        before = switch.paused
+        switch.paused = paused
+        switch.changed_by = actor[:200]
+        switch.changed_at = db_now()
+        switch.save(update_fields=["paused", "changed_by", "changed_at"])
+        audit_record(
+            actor=actor,
+            action="reconciler.pause.updated",
+            resource_type="reconciler",
+            resource_id="*",
+            details={"before": {"paused": before}, "after": {"paused": paused}},
+        )
+    log.warning("reconcilers %s globally by %s", "paused" if paused else "resumed", actor)
+    return switch
+
+
+def _publish_config(row: ReconcilerConfig) -> None:
+    metrics().set_config(
+        row.name, enabled=row.enabled, dry_run=row.dry_run, interval_seconds=row.interval_seconds
+    )
