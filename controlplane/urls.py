@@ -5,10 +5,22 @@ from django.urls import include, path
 
 from controlplane import health
 from controlplane.api.api import api, openapi_schema
+from reconcilers import dashboard
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    # Before admin.site.urls, whose app catch-all would otherwise claim admin/reconcilers/...
+    path(
+        "admin/reconcilers/dashboard/",
+        admin.site.admin_view(dashboard.dashboard),
+        name="reconcilers-dashboard",
+    ),
+    path(
+        "admin/reconcilers/dashboard/<str:name>/dry-run/",
+        admin.site.admin_view(dashboard.dry_run_now),
+        name="reconcilers-dashboard-dry-run",
+    ),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("api/schema/", openapi_schema, name="api-schema"),
