@@ -5,10 +5,14 @@ Controllers hold domain decisions only: no celery, redis or prometheus_client im
 
 from __future__ import annotations
 
-from reconcilers.controllers.queue_priority import QueuePriority
-from reconcilers.controllers.token_cleanup import TokenCleanup
+from reconcilers.controllers.agent_health import AgentHealthController
+from reconcilers.controllers.queue_priority import QueuePriorityController
+from reconcilers.controllers.token_cleanup import TokenCleanupController
 from reconcilers.runtime.contract import Controller
 
-# In the order operators read them: agent-health, job-recovery, queue-priority,
-# token-cleanup, audit-retention (filled in as the controllers land).
-CONTROLLER_CLASSES: tuple[type[Controller], ...] = (QueuePriority, TokenCleanup)
+# In the order operators read them (job-recovery and audit-retention land next).
+CONTROLLER_CLASSES: tuple[type[Controller], ...] = (
+    AgentHealthController,
+    QueuePriorityController,
+    TokenCleanupController,
+)

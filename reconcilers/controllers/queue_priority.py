@@ -61,7 +61,7 @@ def waiting_platform_jobs() -> QuerySet[Command]:
     return Command.objects.filter(status=CommandStatus.PENDING, is_platform_job=True, agent__isnull=True)
 
 
-class QueuePriority(Controller):
+class QueuePriorityController(Controller):
     name: ClassVar[str] = "queue-priority"
     default_interval_seconds: ClassVar[int] = 60
     step_names: ClassVar[tuple[str, ...]] = ("reprioritized",)

@@ -36,7 +36,7 @@ class TokenCleanupParams(ControllerParams):
     )
 
 
-class TokenCleanup(Controller):
+class TokenCleanupController(Controller):
     name: ClassVar[str] = "token-cleanup"
     default_interval_seconds: ClassVar[int] = 3600
     step_names: ClassVar[tuple[str, ...]] = ("deleted", "expired", "exhausted")

@@ -1,0 +1,153 @@
+"""agent-health: agents that stopped heartbeating (or whose lease expired) become offline,
+and expired leases are deleted.
+
+Only `online` agents are judged: unknown (never seen), error (reported by the agent)
+and offline agents are left alone, and the admin `status` is never touched. Every
+UPDATE re-checks staleness on the agent row itself, so a heartbeat that commits while
+the sweep runs wins (PostgreSQL re-evaluates the WHERE clause on the new row version).
+A safety brake refuses to mark a large share of the fleet offline at once: that is far
+more likely a broken heartbeat path than a dead fleet (Kubernetes node eviction does
+the same).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import ClassVar
+
+from django.conf import settings
+from django.db.models import Exists, F, OuterRef, Q, QuerySet, Value
+from django.db.models.functions import Now
+from django.db.models.lookups import GreaterThan
+from pydantic import Field, field_validator
+
+from controlplane.agents.models import LEASE_DURATION_MIN_SECONDS, Agent, AgentHealth, AgentLease
+from reconcilers.queries.batches import delete_in_batches, keyset_rows
+from reconcilers.queries.expressions import MicrosecondsSince
+from reconcilers.runtime.contract import Controller, ControllerParams, ReconcileContext, ReconcileResult
+
+BATCH_SIZE = 1000  # agents or leases per statement; one short transaction each
+STALE_TIMEOUT_MAX_SECONDS = 86400
+
+
+class AgentHealthParams(ControllerParams):
+    stale_timeout_seconds: int = Field(
+        90,
+        le=STALE_TIMEOUT_MAX_SECONDS,
+        description="An online agent silent for longer is marked offline (>= 2 heartbeat intervals).",
+    )
+    lease_grace_seconds: int = Field(0, ge=0, le=3600, description="Extra seconds before a lease expires.")
+    max_offline_fraction: float = Field(
+        0.5, gt=0, le=1, description="Brake: refuse to mark more than this share of online agents (1 = off)."
+    )
+    brake_min_agents: int = Field(
+        10, ge=0, le=1_000_000, description="Brake: never engage when at most this many agents would go."
+    )
+
+    @field_validator("stale_timeout_seconds")
+    @classmethod
+    def _at_least_two_heartbeats(cls, value: int) -> int:
+        # One missed heartbeat is jitter; two in a row is an outage.
+        floor = 2 * settings.AGENT_HEARTBEAT_INTERVAL_SECONDS
+        if value < floor:
+            raise ValueError(
+                f"must be at least 2 x AGENT_HEARTBEAT_INTERVAL_SECONDS ({floor} s), got {value}"
+            )
+        return value
+
+
+def expired_leases(now: datetime, grace_seconds: int) -> QuerySet[AgentLease]:
+    """Leases with renew_time + lease_duration_seconds + grace < now (exact to the microsecond)."""
+    # The plain bound on renew_time (shortest possible lease) lets the index do the seek.
+    bound = now - timedelta(seconds=LEASE_DURATION_MIN_SECONDS + grace_seconds)
+    return AgentLease.objects.filter(renew_time__lt=bound).filter(
+        GreaterThan(
+            MicrosecondsSince(now, "renew_time"),
+            (F("lease_duration_seconds") + Value(grace_seconds)) * Value(1_000_000),
+        )
+    )
+
+
+class AgentHealthController(Controller):
+    name: ClassVar[str] = "agent-health"
+    default_interval_seconds: ClassVar[int] = 30
+    step_names: ClassVar[tuple[str, ...]] = ("stale_offline", "lease_offline", "leases_deleted")
+    Params: ClassVar[type[ControllerParams]] = AgentHealthParams
+
+    def reconcile(self, ctx: ReconcileContext) -> ReconcileResult:
+        params: AgentHealthParams = ctx.params
+        now = ctx.now
+        online = Agent.objects.filter(health=AgentHealth.ONLINE)
+        stale = online.filter(self._stale_condition(now, params))
+        lease_expired = online.filter(self._lease_expired_condition(now, params))
+
+        flags = {"brake_engaged": False, "brake_overridden": False}
+        would_go = online.filter(
+            self._stale_condition(now, params) | self._lease_expired_condition(now, params)
+        ).count()
+        if would_go and self._brake_holds(would_go, online.count(), params):
+            if not ctx.ignore_brake:
+                flags["brake_engaged"] = True
+                ctx.log.warning(
+                    "%s brake engaged: %d agents would go offline, more than %s of the online fleet; "
+                    "marking none and deleting no lease (override once with --ignore-brake)",
+                    self.name,
+                    would_go,
+                    params.max_offline_fraction,
+                    extra={"controller": self.name, "brake_engaged": True, "count": would_go},
+                )
+                for step in self.step_names:
+                    ctx.log_step(step, 0)
+                return self.result(flags=flags)
+            flags["brake_overridden"] = True
+            ctx.log.warning("%s brake overridden by the operator: %d agents go offline", self.name, would_go)
+
+        offline_values = {
+            "health": AgentHealth.OFFLINE,
+            "last_offline_at": now,
+            "version": F("version") + 1,
+            "updated_at": Now(),
+        }
+        stale_count, stale_ids = 0, []
+        for rows in keyset_rows(stale, "last_seen_at", BATCH_SIZE, nulls_first=True):
+            batch = [pk for (pk,) in rows]
+            with ctx.transaction():
+                stale_count += stale.filter(pk__in=batch).update(**offline_values)
+            stale_ids.extend(batch)
+        ctx.log_step("stale_offline", stale_count, stale_ids)
+
+        # Step 1's agents are offline now, so `lease_expired` (online only) skips them.
+        lease_count, lease_ids = 0, []
+        leases = expired_leases(now, params.lease_grace_seconds).filter(agent__health=AgentHealth.ONLINE)
+        for rows in keyset_rows(leases, "renew_time", BATCH_SIZE, fields=("agent_id",)):
+            batch = [agent_id for _, agent_id in rows]
+            with ctx.transaction():
+                lease_count += lease_expired.filter(pk__in=batch).update(**offline_values)
+            lease_ids.extend(batch)
+        ctx.log_step("lease_offline", lease_count, lease_ids)
+
+        deleted, deleted_ids = delete_in_batches(
+            ctx, expired_leases(now, params.lease_grace_seconds), "renew_time", BATCH_SIZE
+        )
+        ctx.log_step("leases_deleted", deleted, deleted_ids)
+        return self.result(
+            stale_offline=stale_count, lease_offline=lease_count, leases_deleted=deleted, flags=flags
+        )
+
+    @staticmethod
+    def _stale_condition(now: datetime, params: AgentHealthParams) -> Q:
+        cutoff = now - timedelta(seconds=params.stale_timeout_seconds)
+        return Q(last_seen_at__lt=cutoff) | Q(last_seen_at__isnull=True)
+
+    @staticmethod
+    def _lease_expired_condition(now: datetime, params: AgentHealthParams) -> Q:
+        # The lease lives in another table, which PostgreSQL does not re-read when a
+        # concurrent heartbeat updates the agent row; the agent's own last_seen_at (the
+        # heartbeat writes it together with the lease) is what keeps such an agent online.
+        recent = now - timedelta(seconds=LEASE_DURATION_MIN_SECONDS + params.lease_grace_seconds)
+        lease = expired_leases(now, params.lease_grace_seconds).filter(agent_id=OuterRef("pk"))
+        return Q(Exists(lease)) & (Q(last_seen_at__lt=recent) | Q(last_seen_at__isnull=True))
+
+    @staticmethod
+    def _brake_holds(would_go: int, online: int, params: AgentHealthParams) -> bool:
+        return would_go > params.brake_min_agents and would_go / max(online, 1) > params.max_offline_fraction
