@@ -51,13 +51,14 @@ def _check(
     row: Mapping[str, Any],
     *,
     verb: str,
+    done: str,
     allowed: Collection[str],
     expected_version: int | None,
 ) -> None:
     if row["status"] not in allowed:
         raise InvalidTransition(
             f"cannot {verb} command #{command_id}: it is {row['status']}, "
-            f"only {' / '.join(allowed)} commands can be {verb}ed"
+            f"only {' / '.join(allowed)} commands can be {done}"
         )
     if expected_version is not None and row["version"] != expected_version:
         raise ConcurrentModificationError(
@@ -85,7 +86,14 @@ def command_cancel(command_id: int, *, expected_version: int | None, actor: str)
         row = _locked_state(command_id)
         if row["status"] == CommandStatus.CANCELED:
             return False
-        _check(command_id, row, verb="cancel", allowed=CANCELABLE_STATUSES, expected_version=expected_version)
+        _check(
+            command_id,
+            row,
+            verb="cancel",
+            done="canceled",
+            allowed=CANCELABLE_STATUSES,
+            expected_version=expected_version,
+        )
         at = db_now()
         changed = Command.objects.filter(
             pk=command_id, status__in=CANCELABLE_STATUSES, version=row["version"]
@@ -122,7 +130,14 @@ def command_retry(command_id: int, *, expected_version: int | None, actor: str) 
     """
     with transaction.atomic():
         row = _locked_state(command_id)
-        _check(command_id, row, verb="retry", allowed=RETRYABLE_STATUSES, expected_version=expected_version)
+        _check(
+            command_id,
+            row,
+            verb="retry",
+            done="retried",
+            allowed=RETRYABLE_STATUSES,
+            expected_version=expected_version,
+        )
         at = db_now()
         values = requeue_values(at=at, reason=StatusReason.RETRIED_BY_OPERATOR, message="")
         values.update(dispatch_attempts=0, completed_at=None)
@@ -196,7 +211,14 @@ def command_update(command_id: int, *, changes: Mapping[str, Any], expected_vers
             raise InvalidTransition(
                 f"cannot edit command #{command_id}: it is {row['status']} and finished commands never change"
             )
-        _check(command_id, row, verb="edit", allowed=CANCELABLE_STATUSES, expected_version=expected_version)
+        _check(
+            command_id,
+            row,
+            verb="edit",
+            done="edited",
+            allowed=CANCELABLE_STATUSES,
+            expected_version=expected_version,
+        )
         # A form may resubmit values it did not change; writing them would bump version for nothing.
         changes = {field: value for field, value in changes.items() if row[field] != value}
         if not changes:

@@ -1,4 +1,8 @@
-"""Bootstrap tokens in the admin: issuing shows the raw token once; only the hash is stored."""
+"""Bootstrap tokens in the admin: issuing shows the raw token once; only the hash is stored.
+
+Issuing needs the add permission, revoking the change permission; both are audited by
+the token services. The lifecycle fields belong to registrations and token-cleanup.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,12 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from controlplane.audit.services import actor_for_user
+from controlplane.audit.services import actor_for_user, audit_record
+from controlplane.common.operator_admin import operator_action_apply
 from controlplane.tokens.models import BootstrapToken
 from controlplane.tokens.services import token_issue, token_revoke
 
@@ -49,6 +55,7 @@ class BootstrapTokenAdmin(admin.ModelAdmin):
         "created_at",
         "revoked_at",
         "status_changed_at",
+        "max_uses",  # fixed at issue: the uses CHECK and registrations count against it
     ]
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
@@ -62,11 +69,22 @@ class BootstrapTokenAdmin(admin.ModelAdmin):
     def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
             return ["description", "max_uses", "valid_for_hours"]
-        return ["description", *self.readonly_fields, "max_uses"]
+        return ["description", *self.readonly_fields]
 
     def save_model(self, request: HttpRequest, obj: BootstrapToken, form: Any, change: bool) -> None:
         if change:
-            BootstrapToken.objects.filter(pk=obj.pk).update(description=obj.description)
+            # Only the description is editable: writing just that column never rewinds a
+            # concurrent registration's current_uses or token-cleanup's status change.
+            if "description" in form.changed_data:
+                with transaction.atomic():
+                    BootstrapToken.objects.filter(pk=obj.pk).update(description=obj.description)
+                    audit_record(
+                        actor=actor_for_user(request.user),
+                        action="token.updated",
+                        resource_type="bootstrap_token",
+                        resource_id=obj.pk,
+                        details={"description": obj.description},
+                    )
             return
         issued = token_issue(
             description=form.cleaned_data["description"],
@@ -83,6 +101,6 @@ class BootstrapTokenAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected tokens", permissions=["change"])
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[BootstrapToken]) -> None:
-        actor = actor_for_user(request.user)
-        revoked = sum(token_revoke(pk, actor=actor) for pk in queryset.values_list("pk", flat=True))
-        self.message_user(request, f"Revoked {revoked} token(s).")
+        operator_action_apply(
+            self, request, queryset, service=lambda pk, actor: token_revoke(pk, actor=actor), done="Revoked"
+        )

@@ -7,10 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from django.contrib.admin.models import LogEntry
 from django.test import Client
 from django.urls import reverse
 
-from controlplane.agents.models import Agent, AgentHealth, AgentStatus
+from controlplane.agents.admin import AgentChangeForm
+from controlplane.agents.models import Agent, AgentHealth, AgentLease, AgentStatus
 from controlplane.agents.services import agent_heartbeat
 from controlplane.audit.models import AuditLog
 from controlplane.commands.models import Command, CommandStatus, StatusReason
@@ -221,3 +223,61 @@ def test_change_form_refused_without_change_permission(
     assert response.status_code == 403
     agent.refresh_from_db()
     assert (agent.name != "renamed", agent.version) == (True, 1)
+
+
+def test_heartbeat_after_form_validation_is_still_not_overwritten(
+    operator_client: Client, make_agent: Callable[..., Agent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where row locks are no-ops (SQLite), a heartbeat can land after clean() passed: the
+    service's WHERE version = loaded condition refuses the save, and no history entry claims
+    the change happened."""
+    agent = make_agent(capabilities=["gpu"])
+    name = agent.name
+    form = operator_client.get(_change_url(agent))
+    validated_clean = AgentChangeForm.clean
+
+    def clean_then_heartbeat(self: AgentChangeForm) -> dict[str, Any]:
+        cleaned = validated_clean(self)
+        agent_heartbeat(agent.pk)  # fault injection: the write lands in the race window
+        return cleaned
+
+    monkeypatch.setattr(AgentChangeForm, "clean", clean_then_heartbeat)
+
+    response = operator_client.post(
+        _change_url(agent), _form_data(agent, loaded_version_of(form), name="renamed"), follow=True
+    )
+
+    assert any(
+        "Nothing was saved" in m and "changed concurrently, reload" in m for m in messages_of(response)
+    )
+    agent.refresh_from_db()
+    assert (agent.name, agent.version) == (name, 2)
+    assert not LogEntry.objects.exists()
+    assert not AuditLog.objects.filter(action="agent.updated").exists()
+
+
+def test_lease_form_refuses_save_after_concurrent_renewal(
+    operator_client: Client, make_agent: Callable[..., Agent]
+) -> None:
+    agent = make_agent()
+    agent_heartbeat(agent.pk)
+    lease = AgentLease.objects.get(agent=agent)
+    url = reverse("admin:agents_agentlease_change", args=[lease.pk])
+    form = operator_client.get(url)
+    renewed = agent_heartbeat(agent.pk)  # renews the lease: version 2
+
+    response = operator_client.post(
+        url, {"lease_duration_seconds": 120, "loaded_version": loaded_version_of(form)}
+    )
+
+    assert "changed concurrently, reload" in response.content.decode()
+    lease.refresh_from_db()
+    assert (lease.lease_duration_seconds, lease.renew_time, lease.version) == (60, renewed.last_seen_at, 2)
+
+    form = operator_client.get(url)
+    operator_client.post(url, {"lease_duration_seconds": 120, "loaded_version": loaded_version_of(form)})
+    lease.refresh_from_db()
+    assert (lease.lease_duration_seconds, lease.renew_time, lease.version) == (120, renewed.last_seen_at, 3)
+    assert AuditLog.objects.get(action="agent.lease.updated").details == {
+        "after": {"lease_duration_seconds": 120}
+    }
