@@ -201,6 +201,13 @@ class _Run:
 
     def execute(self) -> RunSummary:
         config = config_effective(self.controller)
+        # Published by every run too, so each worker's gauges follow config changes.
+        self.sink.set_config(
+            self.name,
+            enabled=config.enabled,
+            dry_run=config.dry_run,
+            interval_seconds=config.interval_seconds,
+        )
         dry_run = config.dry_run if self.requested_dry_run is None else self.requested_dry_run
         if not self.force and paused_globally():
             return self.skip(RunReason.PAUSED, dry_run)

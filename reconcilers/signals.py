@@ -1,0 +1,123 @@
+"""Hooks that keep config and beat rows in place and make worker metrics scrapeable.
+
+- post_migrate: create missing config rows, beat rows and the pause switch (idempotent).
+- beat_init: repair beat rows edited by hand before beat reads them.
+- celeryd_init (the worker's main process, before it forks): reset the per-host
+  multiprocess metrics directory and serve the aggregate on settings.WORKER_METRICS_PORT.
+- worker_process_shutdown: mark a prefork child dead so its live gauges drop out.
+- before_task_publish: put each reconcile's soft/hard time limits from its config on the
+  message (per call, so a config change applies to the next message without a restart).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery.signals import beat_init, before_task_publish, celeryd_init, worker_process_shutdown
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, DatabaseError
+
+log = logging.getLogger(__name__)
+
+HARD_TIME_LIMIT_MARGIN_SECONDS = 30  # soft limit raises in the task; the hard kill comes this much later
+
+
+def on_post_migrate(sender: Any, using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -> None:
+    if using != DEFAULT_DB_ALIAS:
+        return
+    from reconcilers.schedule import schedule_sync
+
+    schedule_sync()
+
+
+@beat_init.connect
+def on_beat_init(sender: Any = None, **kwargs: Any) -> None:
+    from reconcilers.schedule import schedule_sync
+
+    try:
+        schedule_sync()
+    except DatabaseError:
+        log.exception("beat start: could not repair the reconciler schedule")
+
+
+@celeryd_init.connect
+def on_worker_main_init(sender: Any = None, **kwargs: Any) -> None:
+    from reconcilers.runtime.metrics import metrics_precreate, multiprocess_dir_reset
+
+    multiprocess_dir_reset(keep_pid=os.getpid())
+    metrics_precreate(_config_gauges())
+    port = settings.WORKER_METRICS_PORT
+    if port:
+        _serve_worker_metrics(port)
+
+
+@worker_process_shutdown.connect
+def on_worker_child_exit(pid: int | None = None, **kwargs: Any) -> None:
+    from reconcilers.runtime.metrics import multiprocess_mark_dead
+
+    multiprocess_mark_dead(pid or os.getpid())
+
+
+@before_task_publish.connect
+def on_before_task_publish(
+    sender: str | None = None, headers: dict[str, Any] | None = None, **kwargs: Any
+) -> None:
+    if headers is None or not (sender or "").startswith("reconcilers."):
+        return
+    limits = headers.get("timelimit") or (None, None)
+    if any(limit is not None for limit in limits):
+        return  # the sender chose its own limits
+    timeout = reconcile_timeout_seconds(str(sender))
+    if timeout is not None:
+        headers["timelimit"] = (timeout + HARD_TIME_LIMIT_MARGIN_SECONDS, timeout)
+
+
+def reconcile_timeout_seconds(task: str) -> int | None:
+    """run_timeout_seconds of the controller behind a reconciler task name, or None."""
+    from reconcilers import registry
+    from reconcilers.models import ReconcilerConfig
+    from reconcilers.runtime.runner import config_effective
+    from reconcilers.schedule import task_name
+
+    by_task = {task_name(name): name for name in registry.controller_names()}
+    name = by_task.get(task)
+    if name is None:
+        return None
+    try:
+        row = ReconcilerConfig.objects.filter(name=name).values_list("run_timeout_seconds", flat=True).first()
+        if row is not None:
+            return int(row)
+        return config_effective(registry.controller_get(name)).run_timeout_seconds
+    except DatabaseError:
+        log.exception("%s: could not read its run timeout; sending without time limits", name)
+        return None
+
+
+def _config_gauges() -> dict[str, tuple[bool, bool, int]]:
+    from reconcilers.models import ReconcilerConfig
+
+    try:
+        return {
+            name: (enabled, dry_run, interval)
+            for name, enabled, dry_run, interval in ReconcilerConfig.objects.values_list(
+                "name", "enabled", "dry_run", "interval_seconds"
+            )
+        }
+    except DatabaseError:
+        log.exception("worker start: could not read reconciler configs for the metrics")
+        return {}
+
+
+def _serve_worker_metrics(port: int) -> None:
+    from prometheus_client import start_http_server
+
+    from reconcilers.runtime.metrics import multiprocess_registry
+
+    try:
+        start_http_server(port, registry=multiprocess_registry())
+    except OSError:
+        log.exception("worker metrics: cannot listen on port %d", port)
+        return
+    log.info("worker metrics served on :%d/metrics", port)

@@ -1,0 +1,49 @@
+"""One Celery task per controller, named reconcilers.<name with underscores>.
+
+The names are stable strings because beat stores them in the database. A task only
+calls the runner and returns the run's summary (Flower shows it). Time limits come per
+message from the config (reconcilers.signals.on_before_task_publish).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+
+from controlplane.celery import app
+from reconcilers import registry
+from reconcilers.runtime.runner import run_controller
+from reconcilers.schedule import task_name
+
+
+def _task_for(controller: str) -> Any:
+    def reconcile(
+        dry_run: bool | None = None, force: bool = False, ignore_brake: bool = False
+    ) -> dict[str, Any]:
+        return run_controller(
+            controller, dry_run=dry_run, force=force, ignore_brake=ignore_brake, trigger="celery"
+        ).as_dict()
+
+    reconcile.__name__ = reconcile.__qualname__ = f"reconcile_{controller.replace('-', '_')}"
+    reconcile.__doc__ = f"Run one reconcile of {controller} through the runner."
+    return app.task(name=task_name(controller), ignore_result=False, acks_late=False)(reconcile)
+
+
+def tasks_register() -> dict[str, Task]:
+    """Define a task for every registered controller (idempotent; call again after the
+    registry changes, e.g. in tests that install extra controllers)."""
+    defined: dict[str, Task] = {}
+    for name in registry.controller_names():
+        tname = task_name(name)
+        defined[name] = app.tasks[tname] if tname in app.tasks else _task_for(name)
+    return defined
+
+
+def reconcile_enqueue(controller: str, **options: Any) -> Any:
+    """Send one reconcile of `controller` to the reconcilers queue (kwargs: dry_run, force,
+    ignore_brake)."""
+    return app.send_task(task_name(registry.controller_get(controller).name), kwargs=options)
+
+
+RECONCILE_TASKS = tasks_register()
