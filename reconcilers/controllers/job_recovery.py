@@ -1,0 +1,186 @@
+"""job-recovery: nothing stays acknowledged or running forever, nothing waits in the queue forever.
+
+Active jobs without progress, held by an agent that is gone, or (tenant commands)
+acknowledged but never started are requeued while they have attempts left, and failed
+with `retries_exhausted` once they do not. Attempts count claims (the claim increments
+`dispatch_attempts`); recovery never increments them, so a job gets exactly
+`max_retries` claims. Pending jobs expire after `max_queue_minutes` or at `expires_at`.
+A job requeued by this run gets `queued_at` = the run's time and so is not expired by
+the same run. Terminal jobs are never touched.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models.functions import Coalesce, Greatest
+from pydantic import Field
+
+from controlplane.agents.models import Agent, AgentHealth, AgentStatus
+from controlplane.commands.models import ACTIVE_STATUSES, Command, CommandStatus, StatusReason
+from controlplane.commands.transitions import requeue_values, terminal_values
+from reconcilers.queries.batches import update_in_batches
+from reconcilers.runtime.contract import Controller, ControllerParams, ReconcileContext, ReconcileResult
+
+BATCH_SIZE = 1000  # commands per statement; one short transaction each
+MINUTES_MAX = 10080  # one week
+
+
+class JobRecoveryParams(ControllerParams):
+    stuck_threshold_minutes: int = Field(
+        30, ge=1, le=MINUTES_MAX, description="An active job without progress for longer is requeued."
+    )
+    tenant_stuck_threshold_minutes: int = Field(
+        10, ge=1, le=MINUTES_MAX, description="A tenant command acknowledged but not started for longer."
+    )
+    max_retries: int = Field(3, ge=1, le=100, description="Claims a job gets before it is failed.")
+    max_queue_minutes: int = Field(
+        60, ge=1, le=MINUTES_MAX, description="A pending job waiting longer expires."
+    )
+
+
+def _progress() -> Greatest:
+    """Newest of last_progress_at, started_at, acknowledged_at; NULL only when all are NULL.
+
+    Each argument is coalesced because SQLite's MAX() is NULL as soon as one argument is.
+    """
+    lp, st, ack = "last_progress_at", "started_at", "acknowledged_at"
+    return Greatest(Coalesce(lp, st, ack), Coalesce(st, ack, lp), Coalesce(ack, lp, st))
+
+
+class JobRecoveryController(Controller):
+    name: ClassVar[str] = "job-recovery"
+    default_interval_seconds: ClassVar[int] = 60
+    step_names: ClassVar[tuple[str, ...]] = (
+        "recovered_stuck",
+        "recovered_holder_offline",
+        "reassigned_not_picked_up",
+        "failed_exhausted",
+        "expired_in_queue",
+        "expired_deadline",
+    )
+    Params: ClassVar[type[ControllerParams]] = JobRecoveryParams
+
+    def reconcile(self, ctx: ReconcileContext) -> ReconcileResult:
+        params: JobRecoveryParams = ctx.params
+        now = ctx.now
+        triggers = self._triggers(now, params)
+        counts: dict[str, int] = {}
+
+        requeues = (
+            (
+                "recovered_stuck",
+                StatusReason.STUCK,
+                f"no progress for {params.stuck_threshold_minutes} minutes",
+            ),
+            ("recovered_holder_offline", StatusReason.HOLDER_OFFLINE, "holder agent offline or not active"),
+            (
+                "reassigned_not_picked_up",
+                StatusReason.NOT_PICKED_UP,
+                f"acknowledged but not started within {params.tenant_stuck_threshold_minutes} minutes",
+            ),
+        )
+        for step, reason, why in requeues:
+            candidates = triggers[step].filter(dispatch_attempts__lt=params.max_retries)
+            values = requeue_values(at=now, reason=reason, message=f"{why}; requeued")
+            counts[step] = self._apply(ctx, step, candidates, "acknowledged_at", values)
+
+        # Rows the requeue steps changed are pending now, so no trigger matches them here.
+        failed_values = terminal_values(
+            status=CommandStatus.FAILED,
+            at=now,
+            reason=StatusReason.RETRIES_EXHAUSTED,
+            message=f"exceeded maximum retry attempts ({params.max_retries})",
+        )
+        failed, failed_ids = 0, list[int]()
+        for step, _, _ in requeues:
+            exhausted = triggers[step].filter(dispatch_attempts__gte=params.max_retries)
+            count, ids = update_in_batches(
+                ctx, exhausted, "acknowledged_at", BATCH_SIZE, failed_values, nulls_first=True
+            )
+            failed, failed_ids = failed + count, failed_ids + ids
+        ctx.log_step("failed_exhausted", failed, failed_ids)
+        counts["failed_exhausted"] = failed
+
+        pending = Command.objects.filter(status=CommandStatus.PENDING)
+        queue_cutoff = now - timedelta(minutes=params.max_queue_minutes)
+        counts["expired_in_queue"] = self._apply(
+            ctx,
+            "expired_in_queue",
+            pending.filter(queued_at__lt=queue_cutoff),
+            "queued_at",
+            terminal_values(
+                status=CommandStatus.EXPIRED,
+                at=now,
+                reason=StatusReason.QUEUE_TIMEOUT,
+                message=f"waited more than {params.max_queue_minutes} minutes in the queue",
+            ),
+        )
+        # queued_at < now leaves out the jobs this run requeued (queued_at == now).
+        counts["expired_deadline"] = self._apply(
+            ctx,
+            "expired_deadline",
+            pending.filter(expires_at__lt=now, queued_at__lt=now),
+            "expires_at",
+            terminal_values(
+                status=CommandStatus.EXPIRED,
+                at=now,
+                reason=StatusReason.DEADLINE_PASSED,
+                message="deadline passed while waiting in the queue",
+            ),
+        )
+        return self.result(
+            recovered_stuck=counts["recovered_stuck"],
+            recovered_holder_offline=counts["recovered_holder_offline"],
+            reassigned_not_picked_up=counts["reassigned_not_picked_up"],
+            failed_exhausted=counts["failed_exhausted"],
+            expired_in_queue=counts["expired_in_queue"],
+            expired_deadline=counts["expired_deadline"],
+        )
+
+    def _apply(
+        self,
+        ctx: ReconcileContext,
+        step: str,
+        candidates: QuerySet[Command],
+        key: str,
+        values: dict[str, Any],
+    ) -> int:
+        count, ids = update_in_batches(ctx, candidates, key, BATCH_SIZE, values, nulls_first=True)
+        ctx.log_step(step, count, ids)
+        return count
+
+    @staticmethod
+    def _triggers(now: datetime, params: JobRecoveryParams) -> dict[str, QuerySet[Command]]:
+        """The three reasons an active job is taken back, as querysets (attempts not yet applied)."""
+        active = Command.objects.filter(status__in=ACTIVE_STATUSES)
+        stuck_cutoff = now - timedelta(minutes=params.stuck_threshold_minutes)
+        tenant_cutoff = now - timedelta(minutes=params.tenant_stuck_threshold_minutes)
+        holder_ok = Agent.objects.filter(
+            pk=OuterRef("agent_id"), health=AgentHealth.ONLINE, status=AgentStatus.ACTIVE
+        )
+        return {
+            # Progress >= acknowledged_at, so the plain bound on acknowledged_at lets the
+            # active-commands index seek; the progress test is the real condition.
+            "recovered_stuck": active.filter(Q(acknowledged_at__lt=stuck_cutoff) | Q(acknowledged_at=None))
+            .alias(progress=_progress())
+            .filter(Q(progress__lt=stuck_cutoff) | Q(progress=None)),
+            "recovered_holder_offline": active.filter(~Exists(holder_ok)),
+            "reassigned_not_picked_up": active.filter(
+                is_platform_job=False,
+                status=CommandStatus.ACKNOWLEDGED,
+                started_at=None,
+                acknowledged_at__lt=tenant_cutoff,
+            ),
+        }
+
+    def config_warnings(self, params: ControllerParams) -> list[str]:
+        assert isinstance(params, JobRecoveryParams)
+        from reconcilers.controllers.queue_priority import QueuePriorityParams, fairness_warnings
+        from reconcilers.registry import params_load
+
+        priority: Any = params_load("queue-priority")
+        assert isinstance(priority, QueuePriorityParams)
+        return fairness_warnings(priority, params.max_queue_minutes)
