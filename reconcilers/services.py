@@ -99,16 +99,21 @@ def _snapshot(row: ReconcilerConfig) -> dict[str, Any]:
     return {field: getattr(row, field) for field in CONFIG_FIELDS}
 
 
-def config_update(name: str, changes: Mapping[str, Any], *, actor: str) -> ReconcilerConfig:
+def config_update(
+    name: str, changes: Mapping[str, Any], *, actor: str, expected_version: int | None = None
+) -> ReconcilerConfig:
     """Validate and apply `changes` to controller `name`'s config, conditional on the row's
     version; write an AuditLog row (reconciler.config.updated, before, after) and sync the
     controller's beat PeriodicTask in the same transaction, then signal the change so a
     running beat picks it up. Raises ConfigValidationError (nothing saved) or
-    ConfigConflictError."""
+    ConfigConflictError (also when `expected_version`, the version the caller edited, is
+    no longer current)."""
     clean = config_validate(name, changes)
     controller = registry.controller_get(name)
     with transaction.atomic():
         row = config_ensure(controller)
+        if expected_version is not None and row.version != expected_version:
+            raise ConfigConflictError(f"{name}: config changed since version {expected_version}, reload")
         before = _snapshot(row)
         after = {**before, **clean}
         if after == before:

@@ -1,0 +1,308 @@
+"""Admin for the reconcilers: tune configs (through config_update), run now, history, global pause.
+
+Every write goes through `reconcilers.services`: the form validates with the same rules
+as the service (errors name the field, nothing is saved), saves are conditional on the
+row's version, audited, and move the beat schedule in the same transaction. The beat
+rows of the reconcilers are shown read-only in django-celery-beat's own admin, so the
+config here stays their single source of truth.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import OuterRef, QuerySet, Subquery
+from django.http import HttpRequest
+from django_celery_beat.admin import PeriodicTaskAdmin
+from django_celery_beat.models import PeriodicTask
+
+from controlplane.audit.services import actor_for_user
+from reconcilers.models import ReconcilerConfig, ReconcileRun, RuntimeSwitch
+from reconcilers.runtime.runner import RunSummary, run_controller
+from reconcilers.schedule import TASK_PREFIX
+from reconcilers.services import (
+    ConfigConflictError,
+    ConfigValidationError,
+    config_update,
+    config_validate,
+    config_warnings,
+    pause_set,
+)
+
+EDITABLE_FIELDS = ("enabled", "interval_seconds", "dry_run", "run_timeout_seconds", "params")
+
+
+class ReconcilerConfigForm(forms.ModelForm):
+    """Validates exactly like config_update; the optimistic version travels in a hidden field."""
+
+    expected_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
+    params = forms.JSONField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 10, "cols": 60}),
+        help_text=("JSON object, validated by the controller's schema; missing keys take their defaults."),
+    )
+
+    class Meta:
+        model = ReconcilerConfig
+        fields = EDITABLE_FIELDS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk and "expected_version" in self.fields:
+            self.fields["expected_version"].initial = self.instance.version
+        # Range checks are the service's (one message naming the field, not a constraint name).
+        for name in ("interval_seconds", "run_timeout_seconds"):
+            field = self.fields.get(name)
+            if field is None:  # read-only view
+                continue
+            assert isinstance(field, forms.IntegerField)
+            field.min_value = None
+            field.validators = []
+            field.widget.attrs.pop("min", None)
+
+    def changes(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        return {
+            field: data.get(field) if field != "params" else (data.get("params") or {})
+            for field in EDITABLE_FIELDS
+            if field in data
+        }
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if self.errors:
+            return data
+        try:
+            config_validate(self.instance.name, self.changes())
+        except ConfigValidationError as exc:
+            field = exc.field.split(".", 1)[0]
+            self.add_error(field if field in self.fields else None, str(exc))
+        expected = data.get("expected_version")
+        current = (
+            ReconcilerConfig.objects.filter(pk=self.instance.pk).values_list("version", flat=True).first()
+        )
+        if expected is not None and current is not None and expected != current:
+            self.add_error(None, "This config changed since you opened it; reload the page and retry.")
+        return data
+
+    def _post_clean(self) -> None:
+        # No model-level validation: the service is the validator (and the CHECK constraints
+        # would only repeat its range checks with a less helpful message).
+        pass
+
+
+def _latest_run(field: str) -> Subquery:
+    runs = ReconcileRun.objects.filter(controller=OuterRef("name")).order_by("-started_at", "-id")
+    return Subquery(runs.values(field)[:1])
+
+
+@admin.register(ReconcilerConfig)
+class ReconcilerConfigAdmin(admin.ModelAdmin):
+    form = ReconcilerConfigForm
+    list_display = (
+        "name",
+        "enabled",
+        "interval_seconds",
+        "dry_run",
+        "last_run_at",
+        "last_outcome",
+        "last_items",
+    )
+    list_display_links = ("name",)
+    readonly_fields = ("name", "version", "updated_at")
+    fields = ("name", *EDITABLE_FIELDS, "expected_version", "version", "updated_at")
+    actions = ("run_now", "dry_run_now", "run_now_ignore_brake", "enable", "disable")
+    ordering = ("name",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ReconcilerConfig]:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                _last_run_at=_latest_run("started_at"),
+                _last_outcome=_latest_run("outcome"),
+                _last_reason=_latest_run("reason"),
+                _last_items=_latest_run("items"),
+            )
+        )
+
+    @admin.display(description="last run", ordering="_last_run_at")
+    def last_run_at(self, obj: Any) -> Any:
+        return obj._last_run_at
+
+    @admin.display(description="outcome")
+    def last_outcome(self, obj: Any) -> str:
+        if not obj._last_outcome:
+            return "-"
+        return f"{obj._last_outcome} ({obj._last_reason})" if obj._last_reason else obj._last_outcome
+
+    @admin.display(description="items")
+    def last_items(self, obj: Any) -> Any:
+        return obj._last_items
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # rows exist for every registered controller (post_migrate)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        changes = form.changes()
+        try:
+            row = config_update(
+                obj.name,
+                changes,
+                actor=actor_for_user(request.user),
+                expected_version=form.cleaned_data.get("expected_version"),
+            )
+        except (ConfigValidationError, ConfigConflictError) as exc:
+            # Validated in the form already; only a race lands here. Nothing was saved.
+            messages.error(request, f"Not saved: {exc}")
+            return
+        for warning in config_warnings(row.name, row.params):
+            messages.warning(request, f"{row.name}: {warning}")
+        obj.refresh_from_db()
+
+    def _run(self, request: HttpRequest, queryset: QuerySet[ReconcilerConfig], **options: Any) -> None:
+        for config in queryset:
+            summary = run_controller(config.name, force=True, trigger="admin", **options)
+            _report(request, summary)
+
+    @admin.action(
+        description="Run now (bypasses too-soon, disabled and pause; never the lock)", permissions=["change"]
+    )
+    def run_now(self, request: HttpRequest, queryset: QuerySet[ReconcilerConfig]) -> None:
+        self._run(request, queryset)
+
+    @admin.action(description="Dry-run now", permissions=["change"])
+    def dry_run_now(self, request: HttpRequest, queryset: QuerySet[ReconcilerConfig]) -> None:
+        self._run(request, queryset, dry_run=True)
+
+    @admin.action(description="Run now, overriding the safety brake once", permissions=["change"])
+    def run_now_ignore_brake(self, request: HttpRequest, queryset: QuerySet[ReconcilerConfig]) -> None:
+        self._run(request, queryset, dry_run=False, ignore_brake=True)
+
+    def _set_enabled(self, request: HttpRequest, queryset: QuerySet[ReconcilerConfig], enabled: bool) -> None:
+        for config in queryset:
+            config_update(config.name, {"enabled": enabled}, actor=actor_for_user(request.user))
+        self.message_user(
+            request, f"{'Enabled' if enabled else 'Disabled'}: {', '.join(c.name for c in queryset)}"
+        )
+
+    @admin.action(description="Enable", permissions=["change"])
+    def enable(self, request: HttpRequest, queryset: QuerySet[ReconcilerConfig]) -> None:
+        self._set_enabled(request, queryset, True)
+
+    @admin.action(description="Disable", permissions=["change"])
+    def disable(self, request: HttpRequest, queryset: QuerySet[ReconcilerConfig]) -> None:
+        self._set_enabled(request, queryset, False)
+
+
+def _report(request: HttpRequest, summary: RunSummary) -> None:
+    kind = "dry run" if summary.dry_run else "run"
+    counts = dict(summary.would_change) if summary.dry_run else dict(summary.steps)
+    text = f"{summary.controller}: {kind} {summary.outcome}"
+    if summary.reason:
+        text += f" ({summary.reason})"
+    text += f", {'would change' if summary.dry_run else 'changed'} {counts}, flags {dict(summary.flags)}"
+    level = {"success": messages.SUCCESS, "skipped": messages.WARNING}.get(summary.outcome, messages.ERROR)
+    messages.add_message(request, level, text)
+
+
+@admin.register(ReconcileRun)
+class ReconcileRunAdmin(admin.ModelAdmin):
+    list_display = (
+        "controller",
+        "started_at",
+        "outcome",
+        "reason",
+        "items",
+        "dry_run",
+        "forced",
+        "fence",
+        "worker_host",
+    )
+    list_filter = ("controller", "outcome", "reason", "dry_run", "forced")
+    search_fields = ("controller", "worker_host", "error")
+    date_hierarchy = "started_at"
+    list_per_page = 50
+    show_full_result_count = False  # no COUNT(*) over a long history on every page
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # pruned by the runner
+
+
+class RuntimeSwitchForm(forms.ModelForm):
+    class Meta:
+        model = RuntimeSwitch
+        fields = ("paused",)
+
+
+@admin.register(RuntimeSwitch)
+class RuntimeSwitchAdmin(admin.ModelAdmin):
+    form = RuntimeSwitchForm
+    list_display = ("__str__", "paused", "changed_by", "changed_at")
+    readonly_fields = ("changed_by", "changed_at")
+    actions = ("pause", "resume")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        pause_set(bool(form.cleaned_data["paused"]), actor=actor_for_user(request.user))
+
+    @admin.action(description="Pause every reconciler", permissions=["change"])
+    def pause(self, request: HttpRequest, queryset: QuerySet[RuntimeSwitch]) -> None:
+        pause_set(True, actor=actor_for_user(request.user))
+        self.message_user(request, "Every reconciler run now skips with reason 'paused'.", messages.WARNING)
+
+    @admin.action(description="Resume every reconciler", permissions=["change"])
+    def resume(self, request: HttpRequest, queryset: QuerySet[RuntimeSwitch]) -> None:
+        pause_set(False, actor=actor_for_user(request.user))
+        self.message_user(request, "Reconcilers resumed.")
+
+
+def _is_reconciler_task(obj: Any) -> bool:
+    return obj is not None and str(obj.task).startswith(TASK_PREFIX)
+
+
+class ReconcilerAwarePeriodicTaskAdmin(PeriodicTaskAdmin):
+    """django-celery-beat's admin with the reconcilers' rows read-only (and out of its bulk
+    actions): their schedule follows ReconcilerConfig, edited in the Reconcilers admin."""
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return not _is_reconciler_task(obj) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return not _is_reconciler_task(obj) and super().has_delete_permission(request, obj)
+
+    def _others(self, queryset: QuerySet[PeriodicTask]) -> QuerySet[PeriodicTask]:
+        return queryset.exclude(task__startswith=TASK_PREFIX)
+
+    def enable_tasks(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        super().enable_tasks(request, self._others(queryset))
+
+    def disable_tasks(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        super().disable_tasks(request, self._others(queryset))
+
+    def toggle_tasks(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        super().toggle_tasks(request, self._others(queryset))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[PeriodicTask]) -> None:
+        super().delete_queryset(request, self._others(queryset))
+
+
+if admin.site.is_registered(PeriodicTask):
+    admin.site.unregister(PeriodicTask)
+admin.site.register(PeriodicTask, ReconcilerAwarePeriodicTaskAdmin)
