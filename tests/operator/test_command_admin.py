@@ -195,3 +195,19 @@ def test_finished_command_form_has_nothing_editable(
     )
     command.refresh_from_db()
     assert (command.payload, command.version) == ({"a": 1}, 1)
+
+
+def test_action_refuses_selection_above_the_cap(
+    operator_client: Client,
+    run_action: Callable[..., Any],
+    make_command: Callable[..., Command],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("controlplane.common.operator_admin.ADMIN_ACTION_MAX_ROWS", 2)
+    commands = [make_command() for _ in range(3)]
+
+    response = run_action(operator_client, "command", "cancel_selected", [c.pk for c in commands])
+
+    assert any("Select at most 2 rows" in m for m in messages_of(response))
+    assert set(Command.objects.values_list("status", flat=True)) == {CommandStatus.PENDING}
+    assert not AuditLog.objects.exists()
