@@ -162,8 +162,9 @@ def _agent_lost_race(agent_id: int) -> ConcurrentModificationError:
 def _agent_jobs_requeue(agent_id: int, *, at: datetime, actor: str) -> list[int]:
     """Requeue every acknowledged/running job the agent holds (reason holder_revoked), set-based.
 
-    target_agent is kept: a tenant command stays pinned to its agent, and job-recovery
-    expires it if that agent never comes back.
+    target_agent is kept (it is never changed after creation): a tenant command pinned to
+    the revoked agent can no longer be claimed, so job-recovery's queue timeout ends it.
+    Lock order is agent row, then its commands, the same as command_claim, so no deadlock.
     """
     held = list(
         Command.objects.select_for_update()
