@@ -23,9 +23,10 @@ $(BIN)/django-admin: pyproject.toml
 
 install: $(BIN)/django-admin ## create .venv and install the project with its dev tools
 
-run: install ## migrate and serve the admin on http://127.0.0.1:8000/admin/ (embedded SQLite)
-	DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --no-input
-	DEBUG=$${DEBUG:-1} $(PY) manage.py runserver 127.0.0.1:8000
+run: demo ## the README's run command: the whole system on the embedded defaults (see demo)
+
+demo: install ## SQLite + embedded Redis, admin, worker, beat, Flower, simulator; prints URLs and login; Ctrl-C stops all
+	VENV=$(VENV) bash scripts/demo.sh
 
 test: install lint typecheck migrations-check test-postgres test-sqlite ## everything CI checks: lint, types, migrations, suite on PostgreSQL then SQLite
 
