@@ -67,7 +67,8 @@ def test_claim_stuck_recover_until_max_retries_then_failed(
     now = db_now()
     for attempt in (1, 2, 3):
         claimed = command_claim(agent.pk)
-        assert claimed is not None and (claimed.job_id, claimed.attempt) == (job.pk, attempt)
+        assert claimed is not None
+        assert (claimed.job_id, claimed.attempt) == (job.pk, attempt)
         now += timedelta(minutes=31)  # no progress for longer than stuck_threshold_minutes
         Agent.objects.filter(pk=agent.pk).update(last_seen_at=now)
         result = run_controller(NAME, now=now)
