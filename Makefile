@@ -47,12 +47,18 @@ format: install ## apply ruff formatting and fixes
 	$(BIN)/ruff format .
 
 typecheck: install ## mypy with django-stubs
-	DEBUG=1 $(BIN)/mypy controlplane reconcilers
+	DEBUG=1 $(BIN)/mypy controlplane reconcilers bench
 
 migrations-check: install ## fail if models and migrations disagree
 	DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
 
 check: test ## alias of test: run before every commit
+
+BENCH_PG_URL ?= postgres://postgres@127.0.0.1:5432/controlplane_bench
+BENCH_ARGS ?=
+bench: install ## benchmarks at a million rows against the SQL floor and the naive loop (PostgreSQL; writes docs/benchmarks.md)
+	@psql "$(BENCH_PG_URL)" -c 'SELECT 1' >/dev/null 2>&1 || psql "$(dir $(BENCH_PG_URL))postgres" -qc 'CREATE DATABASE $(notdir $(BENCH_PG_URL))'
+	DEBUG=1 LOG_LEVEL=WARNING DATABASE_URL=$(BENCH_PG_URL) $(PY) -m bench.run --out docs/benchmarks.md $(BENCH_ARGS)
 
 clean: ## remove the venv and local state
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
