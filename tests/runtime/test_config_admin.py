@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
 from typing import Any
@@ -31,8 +32,6 @@ def change_url(name: str) -> str:
 
 def form_data(name: str, **overrides: Any) -> dict[str, Any]:
     row = ReconcilerConfig.objects.get(name=name)
-    import json
-
     data = {
         "enabled": "on" if row.enabled else "",
         "interval_seconds": row.interval_seconds,

@@ -1,0 +1,70 @@
+"""`manage.py reconcile <name> [--dry-run] [--force] [--ignore-brake] [--json]`: one run through the runner.
+
+Exit 0 for success or skipped, 1 for error, 2 for usage errors (an unknown name lists the
+valid ones). With --json, stdout carries exactly one JSON object; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from reconcilers import registry
+from reconcilers.runtime.runner import run_controller
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class Command(BaseCommand):
+    help = "Run one reconcile of a controller through the full runner (lock, fencing, history, metrics)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("name", help="controller name, e.g. agent-health")
+        parser.add_argument(
+            "--dry-run", action="store_true", help="change nothing (default: the config's dry_run flag)"
+        )
+        parser.add_argument(
+            "--force", action="store_true", help="bypass too_soon, disabled and paused (never the lock)"
+        )
+        parser.add_argument("--ignore-brake", action="store_true", help="override the safety brake once")
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        name = options["name"]
+        names = registry.controller_names()
+        if name not in names:
+            raise CommandError(
+                f"unknown controller {name!r}; valid names: {', '.join(names) or '(none registered)'}",
+                returncode=EXIT_USAGE,
+            )
+        summary = run_controller(
+            name,
+            dry_run=True if options["dry_run"] else None,
+            force=options["force"],
+            ignore_brake=options["ignore_brake"],
+            trigger="cli",
+        )
+        if options["json"]:
+            self.stdout.write(json.dumps(summary.as_json(), sort_keys=False))
+        else:
+            counts = summary.would_change if summary.dry_run else summary.steps
+            self.stdout.write(
+                f"{summary.controller}: {summary.outcome}"
+                + (f" ({summary.reason})" if summary.reason else "")
+                + f" {'dry-run would change' if summary.dry_run else 'items'}="
+                + (
+                    json.dumps(dict(counts))
+                    if summary.dry_run
+                    else f"{summary.items} {json.dumps(dict(counts))}"
+                )
+                + (f" flags={json.dumps(dict(summary.flags))}" if summary.flags else "")
+                + f" fence={summary.fence} {summary.duration_s:.3f}s"
+            )
+        if summary.outcome == "error":
+            if summary.error and not options["json"]:
+                self.stderr.write(summary.error)
+            sys.exit(EXIT_ERROR)
