@@ -1,0 +1,118 @@
+"""The admin in a real browser (headless Debian Chromium): tune a controller, dry-run it, see the run.
+
+Explicit binary paths: Selenium must never try to download a browser or a driver.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+
+from reconcilers.models import ReconcilerConfig, ReconcileRun, RunOutcome
+from reconcilers.registry import controller_names
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+WAIT_SECONDS = 20
+CONTROLLER = "agent-health"
+NEW_INTERVAL_SECONDS = 45
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+        reason="chromium/chromedriver missing (.ci/install-system-packages installs them)",
+    ),
+]
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(WAIT_SECONDS)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+
+
+def test_tune_a_controller_dry_run_it_and_see_the_run(
+    browser: Any, live_server: Any, transactional_db: Any, redis_client: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    if CONTROLLER not in controller_names():
+        pytest.skip(f"{CONTROLLER} is not registered")
+    wait = WebDriverWait(browser, WAIT_SECONDS)
+    User.objects.create_superuser("browser-admin", "b@example.com", "browser-pass-1234")
+    config = ReconcilerConfig.objects.get(name=CONTROLLER)
+    assert config.interval_seconds != NEW_INTERVAL_SECONDS
+    assert not config.dry_run
+
+    # Log in.
+    browser.get(f"{live_server.url}/admin/login/")
+    browser.find_element(By.NAME, "username").send_keys("browser-admin")
+    browser.find_element(By.NAME, "password").send_keys("browser-pass-1234")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    wait.until(ec.presence_of_element_located((By.ID, "reconcilers-dashboard-link")))
+
+    # Change the interval and the dry-run flag in the config's change form.
+    browser.get(f"{live_server.url}/admin/reconcilers/reconcilerconfig/{config.pk}/change/")
+    interval = wait.until(ec.presence_of_element_located((By.ID, "id_interval_seconds")))
+    interval.clear()
+    interval.send_keys(str(NEW_INTERVAL_SECONDS))
+    dry_run = browser.find_element(By.ID, "id_dry_run")
+    if not dry_run.is_selected():
+        dry_run.click()
+    browser.find_element(By.NAME, "_save").click()
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "ul.messagelist li.success")))
+    config.refresh_from_db()
+    assert config.interval_seconds == NEW_INTERVAL_SECONDS
+    assert config.dry_run is True
+
+    # The dashboard shows the new settings; "Dry-run now" runs it and the run appears.
+    browser.get(f"{live_server.url}/admin/")
+    browser.find_element(By.CSS_SELECTOR, "#reconcilers-dashboard-link a").click()
+    panel = wait.until(ec.presence_of_element_located((By.ID, f"controller-{CONTROLLER}")))
+    assert panel.find_element(By.CLASS_NAME, "rc-interval").text == f"{NEW_INTERVAL_SECONDS} s"
+    assert panel.find_element(By.CLASS_NAME, "rc-dry-run").text == "on"
+    assert "no runs yet" in panel.text
+    panel.find_element(By.CSS_SELECTOR, "input[name=dry-run-now]").click()
+    message = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "ul.messagelist li")))
+    assert f"Dry run of {CONTROLLER} done" in message.text
+    panel = browser.find_element(By.ID, f"controller-{CONTROLLER}")
+    rows = panel.find_elements(By.CSS_SELECTOR, "tr.rc-run")
+    assert len(rows) == 1
+    assert "success" in rows[0].text
+    assert "yes" in rows[0].text  # the dry-run column
+    run = ReconcileRun.objects.get(controller=CONTROLLER)
+    assert run.dry_run
+    assert run.outcome == RunOutcome.SUCCESS
+    assert panel.find_element(By.CLASS_NAME, "rc-fence").text == str(run.fence)
+    assert panel.find_elements(By.CSS_SELECTOR, "svg.rc-chart circle")
