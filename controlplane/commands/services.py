@@ -120,7 +120,7 @@ def command_enqueue_many(
                 for payload, priority in zip(payloads, priorities, strict=True)
             ]
         )
-    log.info(
+    log.debug(
         "enqueued %d %s job(s) of kind %s for tenant %s",
         len(commands),
         "platform" if is_platform_job else "tenant",

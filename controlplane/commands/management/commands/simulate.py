@@ -40,6 +40,7 @@ from controlplane.tokens.services import token_issue
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 HTTP_TIMEOUT_SECONDS = 10.0
+KEEPALIVE_EXPIRY_SECONDS = 1.0
 IDLE_POLL_SECONDS = 0.5  # wait after a 204 before claiming again
 PROGRESS_EVERY_SECONDS = 0.5
 PRODUCER_TICK_SECONDS = 0.2
@@ -94,7 +95,13 @@ class SimAgent:
         self.rng = rng
         self.dead = threading.Event()  # crashed: no more requests of any kind
         self.silent_until = 0.0  # monotonic time until which the agent sends nothing
-        self.client = httpx.Client(base_url=plan.base_url, timeout=HTTP_TIMEOUT_SECONDS)
+        self.client = httpx.Client(
+            base_url=plan.base_url,
+            timeout=HTTP_TIMEOUT_SECONDS,
+            # Drop idle connections before the server does (gunicorn's keep-alive is 2 s):
+            # reusing one the server is closing fails a POST that must not be retried blindly.
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS),
+        )
         self.agent_id: int | None = None
         self.interval = 30.0
         self.start_time = time.monotonic()
@@ -113,8 +120,8 @@ class SimAgent:
                     "/api/v1/agents/register",
                     json={"bootstrap_token": self.plan.token, "name": self.name, "capabilities": ["sim"]},
                 )
-            except httpx.HTTPError:
-                self.stats.add("http_errors")
+            except httpx.HTTPError as exc:
+                self.stats.add(f"http_error_{type(exc).__name__}")
                 time.sleep(0.5 * (attempt + 1))
                 continue
             if response.status_code == 201:
@@ -130,8 +137,8 @@ class SimAgent:
     def _post(self, path: str, body: dict[str, Any] | None = None) -> httpx.Response | None:
         try:
             return self.client.post(path, json=body) if body is not None else self.client.post(path)
-        except httpx.HTTPError:
-            self.stats.add("http_errors")
+        except httpx.HTTPError as exc:
+            self.stats.add(f"http_error_{type(exc).__name__}")
             return None
 
     def heartbeat(self) -> None:
