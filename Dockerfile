@@ -6,7 +6,8 @@ COPY pyproject.toml README.md ./
 COPY controlplane ./controlplane
 COPY reconcilers ./reconcilers
 COPY manage.py ./
-RUN pip install . && DEBUG=1 python manage.py collectstatic --no-input
+# Editable: the code runs from /app (BASE_DIR), templates and all; a wheel would need package data.
+RUN pip install -e . && DEBUG=1 python manage.py collectstatic --no-input
 RUN useradd --system --uid 1000 controlplane && mkdir -p /app/var && chown controlplane /app/var
 USER controlplane
 EXPOSE 8000 5555 9808
