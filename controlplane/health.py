@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import connection
 from django.db.models import Max
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -21,8 +20,9 @@ from django.views.decorators.http import require_GET
 
 from controlplane.common.db import db_now
 from controlplane.common.redis import redis_client
-from reconcilers.models import ReconcilerConfig, ReconcileRun, RunOutcome, RuntimeSwitch
+from reconcilers.models import ReconcilerConfig, ReconcileRun, RunOutcome
 from reconcilers.registry import controller_get, controller_names
+from reconcilers.runtime.runner import paused_globally
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +91,6 @@ class ControllerHealth:
         }
 
 
-def global_pause_active() -> bool:
-    """The global pause: the environment setting or the admin switch (row pk=1)."""
-    if settings.RECONCILERS_PAUSED:
-        return True
-    return RuntimeSwitch.objects.filter(pk=1, paused=True).exists()
-
-
 def controllers_health(*, paused: bool) -> list[ControllerHealth]:
     """One entry per registered controller, in three queries whatever the number of controllers.
 
@@ -158,7 +151,7 @@ def readiness_report() -> dict[str, Any]:
         report.update(status="down", paused=None, controllers={})
         return report
     try:
-        paused = global_pause_active()
+        paused = paused_globally()
         entries = controllers_health(paused=paused)
     except Exception as exc:  # the database answered SELECT 1 but the tables did not
         log.warning("readyz: controller status unavailable: %s", exc)

@@ -26,10 +26,9 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
-from controlplane.health import global_pause_active
 from reconcilers.models import ReconcilerConfig, ReconcilerState, ReconcileRun, RunOutcome
 from reconcilers.registry import UnknownControllerError, controller_get, controller_names
-from reconcilers.runtime.runner import run_controller
+from reconcilers.runtime.runner import paused_globally, run_controller
 
 RUNS_PER_CONTROLLER = 50  # chart points; the table shows the newest RUNS_IN_TABLE of them
 RUNS_IN_TABLE = 10
@@ -235,7 +234,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         **admin_site.each_context(request),
         "title": "Reconciler dashboard",
         "panels": controller_panels(),
-        "paused": global_pause_active(),
+        "paused": paused_globally(),
         "can_dry_run": _can_dry_run(request),
         "colours": OUTCOME_COLOURS,
     }
