@@ -6,8 +6,14 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from django.db.models import Model, QuerySet
+
+RowT = TypeVar("RowT", bound=Model)
 
 PREFIX_LENGTH = 8  # characters of the secret kept in clear for lookup and display
+MAX_SECRET_LENGTH = 200  # ours are ~56 characters; longer input is not worth hashing
 
 
 @dataclass(frozen=True)
@@ -40,3 +46,21 @@ def prefix_of(raw: str) -> str | None:
 
 def secret_matches(raw: str, stored_hash: str) -> bool:
     return hmac.compare_digest(hash_secret(raw), stored_hash)
+
+
+def secret_lookup(raw: str, rows: QuerySet[RowT], *, prefix_field: str, hash_field: str) -> RowT | None:
+    """The row among `rows` whose stored hash matches the presented secret, or None.
+
+    The prefix narrows the search through an index; prefixes are short, so collisions
+    are possible and every candidate's hash is compared, in constant time.
+    """
+    if not raw or len(raw) > MAX_SECRET_LENGTH:
+        return None
+    prefix = prefix_of(raw)
+    if prefix is None:
+        return None
+    candidates: Any = rows.filter(**{prefix_field: prefix})
+    for row in candidates:
+        if secret_matches(raw, getattr(row, hash_field)):
+            return row
+    return None

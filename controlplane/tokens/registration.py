@@ -17,13 +17,12 @@ from django.db.models.functions import Now
 
 from controlplane.agents.services import CreatedAgent, agent_create
 from controlplane.audit.services import actor_for_controller
-from controlplane.common.secrets import prefix_of, secret_matches
+from controlplane.common.secrets import secret_lookup
 from controlplane.tokens.models import BootstrapToken, TokenStatus
 
 log = logging.getLogger(__name__)
 
 REGISTRATION_ACTOR = actor_for_controller("agent-registration")
-MAX_TOKEN_LENGTH = 200
 
 
 class TokenRejectedError(Exception):
@@ -31,15 +30,12 @@ class TokenRejectedError(Exception):
 
 
 def _token_lookup(raw_token: str) -> BootstrapToken | None:
-    if not raw_token or len(raw_token) > MAX_TOKEN_LENGTH:
-        return None
-    prefix = prefix_of(raw_token)
-    if prefix is None:
-        return None
-    for token in BootstrapToken.objects.filter(token_prefix=prefix).only("pk", "token_hash", "token_prefix"):
-        if secret_matches(raw_token, token.token_hash):
-            return token
-    return None
+    return secret_lookup(
+        raw_token,
+        BootstrapToken.objects.only("pk", "token_hash", "token_prefix"),
+        prefix_field="token_prefix",
+        hash_field="token_hash",
+    )
 
 
 def agent_register(*, bootstrap_token: str, name: str, capabilities: list[str]) -> CreatedAgent:
