@@ -197,7 +197,7 @@ def run(env: StressEnv, *, duration: float = 60.0) -> Report:
         (
             (r["last_offline_at"] - r["last_seen_at"]).total_seconds()
             for r in doomed_offline
-            if r["last_offline_at"]
+            if r["last_offline_at"] and r["last_seen_at"]
         ),
         default=None,
     )

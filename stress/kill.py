@@ -20,6 +20,7 @@ id), every young row is untouched, and the write audit shows no write with a sta
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
@@ -204,7 +205,7 @@ def run(env: StressEnv, *, rows_per_phase: int = 6000) -> Report:
             ids = _insert(rows_per_phase, timedelta(days=400), phase)
             snapshot.update(_snapshot(ids))
             old_ids += ids
-            holder = wait_until(lambda ids=ids, f=fence_before: _holder_in_progress(f, ids), 90, 0.05)
+            holder = wait_until(functools.partial(_holder_in_progress, fence_before, ids), 90, 0.05)
             if holder is None:
                 report.violations.append(f"{phase}: no run in progress to fault within 90 s")
                 break
@@ -229,7 +230,7 @@ def run(env: StressEnv, *, rows_per_phase: int = 6000) -> Report:
                 report.figures["terminated_backends"] = len(backends)
                 time.sleep(0.5)
                 _check_rolled_back(report, phase, ids, fence, archive)
-            if not wait_until(lambda ids=ids, f=fence: _recovered(ids, f), PHASE_TIMEOUT_SECONDS, 0.25):
+            if not wait_until(functools.partial(_recovered, ids, fence), PHASE_TIMEOUT_SECONDS, 0.25):
                 report.violations.append(f"{phase}: no successful run removed the rows after the fault")
                 break
             first = (
@@ -238,7 +239,7 @@ def run(env: StressEnv, *, rows_per_phase: int = 6000) -> Report:
                 .first()
             )
             assert first is not None
-            faulted = wait_until(lambda f=fence: _run_row(f), 30 if phase == "sigstop" else 0.1)
+            faulted = wait_until(functools.partial(_run_row, fence), 30 if phase == "sigstop" else 0.1)
             report.figures[f"{phase}_recovery_s"] = round((first.started_at - fault_at).total_seconds(), 2)
             report.figures[f"{phase}_faulted_run"] = (
                 f"{faulted.outcome}:{faulted.reason}" if faulted else "no row (process or connection gone)"
