@@ -60,13 +60,18 @@ def _status(url: str, auth: str | None = None) -> int:
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether any process of the group is still running. Zombies do not count: they have
+    exited and only wait to be reaped, which an orphan's new parent (PID 1 here, the
+    sandbox's init) does on its own schedule."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # Fields after the parenthesised command: state, ppid, pgrp, ...
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue
+        if int(pgrp) == pgid and state != "Z":
+            return True
+    return False
 
 
 def _processes_under(directory: Path) -> list[str]:
