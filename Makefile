@@ -47,7 +47,7 @@ format: install ## apply ruff formatting and fixes
 	$(BIN)/ruff format .
 
 typecheck: install ## mypy with django-stubs
-	DEBUG=1 $(BIN)/mypy controlplane reconcilers bench
+	DEBUG=1 $(BIN)/mypy controlplane reconcilers bench stress
 
 migrations-check: install ## fail if models and migrations disagree
 	DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
@@ -59,6 +59,12 @@ BENCH_ARGS ?=
 bench: install ## benchmarks at a million rows against the SQL floor and the naive loop (PostgreSQL; writes docs/benchmarks.md)
 	@psql "$(BENCH_PG_URL)" -c 'SELECT 1' >/dev/null 2>&1 || psql "$(dir $(BENCH_PG_URL))postgres" -qc 'CREATE DATABASE $(notdir $(BENCH_PG_URL))'
 	DEBUG=1 LOG_LEVEL=WARNING DATABASE_URL=$(BENCH_PG_URL) $(PY) -m bench.run --out docs/benchmarks.md $(BENCH_ARGS)
+
+STRESS_PG_URL ?= postgres://postgres@127.0.0.1:5432/controlplane_stress
+STRESS_ARGS ?=
+stress: install ## fault and load suite at full length (PostgreSQL, redis-server; ~6 min): prints the figures, exit 0 only if every invariant held
+	DEBUG=1 LOG_LEVEL=WARNING DATABASE_URL=$(STRESS_PG_URL) $(PY) -m stress $(STRESS_ARGS)
+	DEBUG=1 DATABASE_URL=$(STRESS_PG_URL) STRESS_EXAMPLES=$${STRESS_EXAMPLES:-500} $(BIN)/pytest -q -p no:cacheprovider tests/stress/test_bad_input.py tests/stress/test_checks.py
 
 clean: ## remove the venv and local state
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -56,10 +56,14 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m stress", description=__doc__)
-    parser.add_argument("scenarios", nargs="*", choices=SCENARIOS, default=list(SCENARIOS))
+    parser.add_argument("scenarios", nargs="*", help=f"any of {', '.join(SCENARIOS)} (default: all)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every scenario's duration")
     parser.add_argument("--log-dir", default=None, help="where process logs go (default var/stress/<time>)")
     args = parser.parse_args(argv)
+    args.scenarios = args.scenarios or list(SCENARIOS)
+    unknown = sorted(set(args.scenarios) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenario {unknown[0]!r}; valid: {', '.join(SCENARIOS)}")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
     os.environ.setdefault("DEBUG", "1")
     signal.signal(signal.SIGTERM, _terminate)

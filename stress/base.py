@@ -84,6 +84,7 @@ class StressEnv:
                 "AGENT_HEARTBEAT_INTERVAL_SECONDS": str(HEARTBEAT_INTERVAL_SECONDS),
                 "PYTHONPATH": str(REPO_ROOT),
                 "PYTHONUNBUFFERED": "1",
+                "LOG_LEVEL": "INFO",
             }
         )
         env.update(extra)

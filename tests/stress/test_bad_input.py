@@ -67,7 +67,7 @@ def int_values(low: int, high: int) -> st.SearchStrategy[Any]:
     return st.one_of(
         st.sampled_from([low, high, low - 1, high + 1]),
         st.integers(min_value=low - 1000, max_value=high + 1000),
-        JSON_VALUES.filter(lambda v: not isinstance(v, bool)),  # booleans: see test_booleans_...
+        JSON_VALUES,
     )
 
 
@@ -195,7 +195,6 @@ def config_changes(draw: st.DrawFn) -> tuple[str, dict[str, Any], str, str]:
         value = draw(
             st.one_of(st.floats(min_value=-1, max_value=2), st.sampled_from([0, 1, 0.0, 1.0]), JSON_VALUES)
         )
-        assume(not isinstance(value, bool))
     elif kind == "path":
         value = draw(st.one_of(st.none(), st.just(""), TEXT, TEXT.map(lambda t: "/" + t), JSON_VALUES))
         assume(not (isinstance(value, str) and value.strip() == "" and value != ""))
@@ -237,11 +236,6 @@ def test_config_update_rejects_every_bad_value_and_saves_nothing(
 
 
 @pytest.mark.django_db
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ControllerParams validates in pydantic lax mode, so JSON true is accepted as 1 "
-    "(retention_days=true saves a one-day retention; max_offline_fraction=true turns the brake off)",
-)
 @pytest.mark.parametrize(
     ("name", "key"),
     [("audit-retention", "retention_days"), ("agent-health", "max_offline_fraction")],
@@ -255,14 +249,7 @@ def test_booleans_are_not_numbers_in_params(name: str, key: str) -> None:
 
 
 @pytest.mark.django_db
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: archive_dir accepts a NUL character; PostgreSQL jsonb cannot store it, so the save "
-    "fails with a DataError instead of a validation error naming params.archive_dir",
-)
-def test_archive_dir_with_nul_is_a_validation_error(is_postgres: bool) -> None:
-    if not is_postgres:
-        pytest.xfail("SQLite stores the NUL; the oracle still calls it invalid")
+def test_archive_dir_with_nul_is_a_validation_error() -> None:
     schedule_sync(["audit-retention"])
     before = _state("audit-retention")
     with pytest.raises(ConfigValidationError) as raised:

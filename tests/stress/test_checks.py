@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pytest
+from django.db import connection, transaction
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from stress import checks
+from controlplane.agents.models import Agent
+from reconcilers.models import ReconcilerState
+from stress import checks, db
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -89,3 +94,36 @@ def test_fence_regressions_and_shared_fences_are_reported() -> None:
     assert checks.fence_regressions([run(0, 1), run(1, 2), run(2, 5)]) == []
     assert len(checks.fence_regressions([run(0, 3), run(1, 2)])) == 1
     assert len(checks.fence_regressions([run(0, 3), run(1, 3, "error")])) == 1
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_write_audit_reports_unfenced_and_stale_controller_writes(make_agent: Any) -> None:
+    """The instrument behind 'no write with a stale fence': a controller-process write with
+    no fence check, and one whose check ran after a newer grant, are both reported."""
+    agent = make_agent()
+    state = ReconcilerState._meta.db_table
+    ReconcilerState.objects.create(controller="probe", fence=1)
+    db.write_audit_install()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET application_name = %s", [db.WORKER_APP_PREFIX])
+            with transaction.atomic():  # fenced and current: fine
+                Agent.objects.filter(pk=agent.pk).update(name="fenced")
+                cursor.execute(f"UPDATE {state} SET fence = fence WHERE controller = 'probe' AND fence = 1")
+            clean = db.fence_audit_read()
+            with transaction.atomic():  # no fence check at all
+                Agent.objects.filter(pk=agent.pk).update(name="unfenced")
+            cursor.execute(f"UPDATE {state} SET fence = fence + 1 WHERE controller = 'probe'")  # grant 2
+            with transaction.atomic():  # a check with fence 1 after grant 2 (a fence that went back)
+                Agent.objects.filter(pk=agent.pk).update(name="stale")
+                cursor.execute(f"UPDATE {state} SET fence = 1 WHERE controller = 'probe'")
+            dirty = db.fence_audit_read()
+            cursor.execute("RESET application_name")
+    finally:
+        db.write_audit_uninstall()
+    assert clean.unfenced_transactions == []
+    assert clean.stale_commits == []
+    assert clean.write_transactions == 1
+    assert len(dirty.unfenced_transactions) == 1
+    assert dirty.stale_commits == [("probe", 1, 2)]
