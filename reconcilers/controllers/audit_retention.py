@@ -46,6 +46,8 @@ class AuditRetentionParams(ControllerParams):
     def _absolute_folder(cls, value: str | None) -> str | None:
         if value is None or value.strip() == "":
             return None
+        if "\x00" in value:
+            raise ValueError("must not contain a NUL character")
         if not os.path.isabs(value):
             raise ValueError("must be an absolute path (workers do not share a working directory)")
         return value

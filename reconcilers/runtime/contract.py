@@ -39,9 +39,13 @@ class RunTimeoutError(ReconcileError):
 
 
 class ControllerParams(BaseModel):
-    """Base of every controller's typed parameter schema (unknown keys are rejected)."""
+    """Base of every controller's typed parameter schema.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict: params arrive as JSON, and lax coercion would read `true` as 1 (a one-day
+    retention) or "30" as a number; unknown keys are rejected too.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 @dataclass(frozen=True)
