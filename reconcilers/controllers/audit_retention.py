@@ -15,10 +15,12 @@ from __future__ import annotations
 import gzip
 import json
 import os
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
+from django.db.models import Count, Max, Min, QuerySet
 from pydantic import Field, field_validator
 
 from controlplane.audit.models import AuditLog
@@ -51,6 +53,15 @@ class AuditRetentionParams(ControllerParams):
         if not os.path.isabs(value):
             raise ValueError("must be an absolute path (workers do not share a working directory)")
         return value
+
+
+@dataclass(frozen=True)
+class Span:
+    """One batch: delete ids first..last (all old); `last_batch` when nothing old follows."""
+
+    first: int
+    last: int
+    last_batch: bool
 
 
 def archive_file_name(first_id: int, last_id: int) -> str:
@@ -95,41 +106,29 @@ class AuditRetentionController(Controller):
             raise RetentionRefusedError(f"retention_days={params.retention_days} refused: must be >= 1")
         archive = self._archive_folder(params.archive_dir)
         cutoff = ctx.now - timedelta(days=params.retention_days)
-        fields = ARCHIVE_FIELDS if archive else ("id", "created_at")
 
         old_logs = AuditLog.objects.filter(created_at__lt=cutoff)
         deleted, batches, files, ranges = 0, 0, list[str](), list[int]()
         position = 0
         while True:
-            young: int | None = None
             with ctx.transaction():
-                fetched = list(
-                    old_logs.filter(id__gt=position).order_by("id").values(*fields)[: params.batch_size]
-                )
-                rows = fetched
-                if fetched:
-                    # Ids follow insertion, not created_at: a younger row inside the id
-                    # range (a backdated import) ends the range just before it.
-                    young = (
-                        AuditLog.objects.filter(
-                            id__gt=fetched[0]["id"], id__lt=fetched[-1]["id"], created_at__gte=cutoff
-                        )
-                        .order_by("id")
-                        .values_list("id", flat=True)
-                        .first()
-                    )
-                    if young is not None:
-                        rows = [row for row in fetched if row["id"] < young]
+                span = self._next_span(old_logs, position, params.batch_size, cutoff)
+                if span is not None:
                     if archive and not ctx.dry_run:
+                        rows = list(
+                            AuditLog.objects.filter(id__gte=span.first, id__lte=span.last)
+                            .order_by("id")
+                            .values(*ARCHIVE_FIELDS)
+                        )
                         files.append(archive_write(archive, rows))
-                    deleted += AuditLog.objects.retention_delete_id_range(rows[0]["id"], rows[-1]["id"])
-            if not fetched:
+                    deleted += AuditLog.objects.retention_delete_id_range(span.first, span.last)
+            if span is None:
                 break
             batches += 1
-            ranges.extend((rows[0]["id"], rows[-1]["id"]))  # the DEBUG log shows each range's bounds
-            if young is None and len(fetched) < params.batch_size:
+            ranges.extend((span.first, span.last))  # the DEBUG log shows each range's bounds
+            if span.last_batch:
                 break
-            position = young if young is not None else rows[-1]["id"]
+            position = span.last
         ctx.log_step("deleted", deleted, ranges)
 
         if deleted:
@@ -147,6 +146,27 @@ class AuditRetentionController(Controller):
                     },
                 )
         return self.result(deleted=deleted)
+
+    @staticmethod
+    def _next_span(old_logs: QuerySet[AuditLog], position: int, size: int, cutoff: datetime) -> Span | None:
+        """The id range of the next batch: the next `size` old rows after `position`, cut
+        just before the first younger row inside it (ids follow insertion, not created_at:
+        a backdated import can put a young row among old ones). Two small queries that
+        return bounds, never the rows themselves."""
+        page = old_logs.filter(id__gt=position).order_by("id").values("id")[:size]
+        bounds = page.aggregate(first=Min("id"), last=Max("id"), count=Count("id"))
+        if not bounds["count"]:
+            return None
+        first, last = bounds["first"], bounds["last"]
+        young = (
+            AuditLog.objects.filter(id__gt=first, id__lt=last, created_at__gte=cutoff)
+            .order_by("id")
+            .values_list("id", flat=True)
+            .first()
+        )
+        if young is not None:
+            return Span(first=first, last=young - 1, last_batch=False)
+        return Span(first=first, last=last, last_batch=bounds["count"] < size)
 
     @staticmethod
     def _archive_folder(archive_dir: str | None) -> Path | None:
