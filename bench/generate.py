@@ -1,6 +1,6 @@
 """Benchmark data generator: the issue-7 data set, written set-based with generate_series (PostgreSQL).
 
-At scale 1.0: 1M agents (10% stale; platform agents hold leases, 5% of agents with an expired lease),
+At scale 1.0: 1M agents (10% stale, 5% with only an expired lease),
 1M commands (5% stuck with mixed attempts, 100k pending platform jobs across 1k tenants),
 100k bootstrap tokens, 2M audit logs (half past a 365-day retention). `scale` shrinks
 every count proportionally (0.01 gives the 10k-row smoke size).
@@ -44,6 +44,22 @@ class Sizes:
     @property
     def total_rows(self) -> int:
         return self.agents + self.commands + self.tokens + self.audit_logs
+
+
+# Parameters the benchmark runs every controller with (the defaults, except that the
+# stale timeout is an hour so that no heartbeat age is near a threshold).
+BENCH_PARAMS: dict[str, dict[str, Any]] = {"agent-health": {"stale_timeout_seconds": 3600}}
+BENCH_RUN_TIMEOUT_SECONDS = 86400  # time the whole job: a real run would continue at its next tick
+
+
+def bench_configure(controller: str) -> None:
+    """Give `controller` the benchmark's parameters through the config service."""
+    from reconcilers.services import config_update
+
+    changes: dict[str, Any] = {"run_timeout_seconds": BENCH_RUN_TIMEOUT_SECONDS}
+    if controller in BENCH_PARAMS:
+        changes["params"] = BENCH_PARAMS[controller]
+    config_update(controller, changes, actor="system:bench")
 
 
 # The tables each controller reads or writes; a trial generates only those, fresh.
@@ -97,9 +113,11 @@ def _tenants(cursor: Any) -> None:
 
 
 def _agents(cursor: Any, sizes: Sizes) -> None:
-    # Agents: even ids are platform agents (no tenant), odd ids belong to a tenant.
-    # 1 in 50 is offline/unknown; 1 in 10 (platform and tenant alike) last beat 10 minutes ago,
-    # and 1 in 20 has fresh heartbeats but a lease that expired 4 minutes ago.
+    # Agents: even ids are platform agents (no tenant), odd ids belong to a tenant; 1 in 50
+    # is offline or unknown. Against the benchmark's 1-hour stale timeout: 1 in 10 last beat
+    # 2 hours ago (stale), 1 in 20 (platform) went silent 5 minutes ago, so only its 60 s
+    # lease has expired; the rest beat seconds ago and hold 300 s leases. Every age is far
+    # from its threshold, so the minute a million-row generation takes changes no count.
     cursor.execute(
         """
         INSERT INTO agents_agent (id, tenant_id, name, is_platform_agent, status, health,
@@ -109,7 +127,8 @@ def _agents(cursor: Any, sizes: Sizes) -> None:
                CASE WHEN g %% 2 = 0 THEN NULL ELSE 1 + g %% %(tenants)s END,
                'agent-' || g, g %% 2 = 0, 'active',
                CASE WHEN g %% 50 = 0 THEN 'offline' WHEN g %% 50 = 1 THEN 'unknown' ELSE 'online' END,
-               CASE WHEN g %% 20 IN (3, 8) THEN now() - interval '10 minutes'
+               CASE WHEN g %% 20 IN (3, 8) THEN now() - interval '2 hours'
+                    WHEN g %% 20 = 12 THEN now() - interval '5 minutes'
                     ELSE now() - (g %% 20) * interval '1 second' END,
                NULL, '["linux"]'::jsonb, 4,
                md5(g::text) || md5('k' || g::text), substr(md5(g::text), 1, 8), 1, now(), now()
@@ -120,8 +139,7 @@ def _agents(cursor: Any, sizes: Sizes) -> None:
     cursor.execute(
         """
         INSERT INTO agents_agentlease (agent_id, holder_identity, lease_duration_seconds, renew_time, version)
-        SELECT id, 'agent-' || id, 60,
-               CASE WHEN id % 20 = 12 THEN now() - interval '5 minutes' ELSE last_seen_at END, 1
+        SELECT id, 'agent-' || id, CASE WHEN id % 20 IN (8, 12) THEN 60 ELSE 300 END, last_seen_at, 1
         FROM agents_agent WHERE is_platform_agent
         """
     )
@@ -129,10 +147,10 @@ def _agents(cursor: Any, sizes: Sizes) -> None:
 
 def _commands(cursor: Any, sizes: Sizes) -> None:
     # Commands: the first `pending` ids are pending platform jobs spread over the tenants,
-    # queued up to 50 minutes ago (inside max_queue_minutes, so queue-priority has work and
-    # job-recovery's expiry has little); then 15% running with fresh progress, 5% stuck
-    # (running, no progress for 2 hours, attempts 0..4 against max_retries 3), the rest
-    # completed history.
+    # queued over the last 50 minutes in id order, as a real queue fills (inside
+    # max_queue_minutes, so queue-priority has work and job-recovery's expiry has little);
+    # then 15% running with fresh progress, 5% stuck (running, no progress for 2 hours,
+    # attempts 0..4 against max_retries 3), the rest completed history.
     cursor.execute(
         """
         INSERT INTO commands_command (id, tenant_id, is_platform_job, kind, payload, status,
@@ -149,7 +167,8 @@ def _commands(cursor: Any, sizes: Sizes) -> None:
                     WHEN g %% 20 IN (0, 1, 2, 3) THEN 2 * (1 + g %% (%(agents)s / 2 - 1))
                     ELSE NULL END,
                0,
-               now() - (g %% 3000) * interval '1 second',
+               now() - interval '50 minutes'
+                   + (LEAST(g, %(pending)s)::float / %(pending)s) * interval '50 minutes',
                CASE WHEN g <= %(pending)s THEN 0 ELSE g %% 5 END,
                NULL,
                CASE WHEN g > %(pending)s AND g %% 20 = 0 THEN now() - interval '2 hours'
@@ -192,11 +211,15 @@ def _tokens(cursor: Any, sizes: Sizes) -> None:
 
 
 def _audit(cursor: Any, sizes: Sizes) -> None:
-    # Audit logs: evenly spread over the last 730 days, oldest first by id (append-only).
+    # Audit logs, oldest first by id (append-only): half between 730 and 366 days old, half
+    # younger than 364 days, so the 365-day cutoff falls in a gap whatever the clock.
     cursor.execute(
         """
         INSERT INTO audit_auditlog (created_at, actor, action, resource_type, resource_id, details, success)
-        SELECT now() - interval '730 days' + (g::float / %(n)s) * interval '730 days',
+        SELECT CASE WHEN g <= %(n)s / 2
+                    THEN now() - interval '730 days' + (g::float / (%(n)s / 2)) * interval '364 days'
+                    ELSE now() - interval '364 days'
+                         + ((g - %(n)s / 2)::float / (%(n)s / 2)) * interval '364 days' END,
                'system:bench', 'bench.event', 'bench', g::text, '{"n": 1}'::jsonb, true
         FROM generate_series(1, %(n)s) g
         """,

@@ -11,19 +11,19 @@ already right (no write, no version bump, so claimers see no churn).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Annotated, Any, ClassVar, Literal
 
-from django.db.models import Case, Count, F, IntegerField, Q, QuerySet, Value, When
+from django.db import connection
+from django.db.models import Count, QuerySet
 from pydantic import Field, field_validator
 
 from controlplane.commands.models import Command, CommandStatus
 from controlplane.tenants.models import Plan
 from reconcilers.queries.batches import keyset_rows
-from reconcilers.queries.expressions import wait_minutes_expression
+from reconcilers.queries.expressions import expression_sql, wait_minutes_expression
 from reconcilers.runtime.contract import Controller, ControllerParams, ReconcileContext, ReconcileResult
 
-BATCH_SIZE = 1000  # jobs per UPDATE: one short transaction each, bounded lock time for claimers
+BATCH_SIZE = 5000  # jobs per UPDATE: one short transaction each; claimers skip locked rows, never wait
 PlanName = Literal["free", "team", "business", "enterprise"]
 PLAN_BASE_DEFAULT: dict[PlanName, int] = {"enterprise": 100, "business": 75, "team": 50, "free": 25}
 PLAN_BASE_MAX = 10_000
@@ -70,37 +70,53 @@ class QueuePriorityController(Controller):
     def reconcile(self, ctx: ReconcileContext) -> ReconcileResult:
         params: QueuePriorityParams = ctx.params
         tenant_part = self._tenant_parts(params)
+        wait_sql, wait_params = expression_sql(Command, wait_minutes_expression(ctx.now))
         changed_total = 0
         changed_ids: list[int] = []
         for rows in keyset_rows(waiting_platform_jobs(), "queued_at", BATCH_SIZE, fields=("tenant_id",)):
             # Tenants first seen after the depth snapshot wait for the next run (their jobs
             # got the formula at enqueue); this keeps depth computed once per run.
-            by_part: dict[int, list[int]] = defaultdict(list)
-            ids: list[int] = []
-            for pk, tenant_id in rows:
-                if tenant_id in tenant_part:
-                    by_part[tenant_part[tenant_id]].append(tenant_id)
-                    ids.append(pk)
+            ids = [pk for pk, tenant_id in rows if tenant_id in tenant_part]
             if not ids:
                 ctx.checkpoint()
                 continue
-            priority = Case(
-                *(
-                    When(tenant_id__in=sorted(set(tenants)), then=Value(part))
-                    for part, tenants in by_part.items()
-                ),
-                output_field=IntegerField(),
-            ) + wait_minutes_expression(ctx.now) * Value(params.age_bonus_per_minute)
+            batch_parts = sorted({(t, tenant_part[t]) for _, t in rows if t in tenant_part})
             with ctx.transaction():
-                stale = waiting_platform_jobs().filter(pk__in=ids).filter(~Q(queue_priority=priority))
-                batch_changed = list(stale.values_list("pk", flat=True))
-                if batch_changed:
-                    changed_total += stale.filter(pk__in=batch_changed).update(
-                        queue_priority=priority, version=F("version") + 1
-                    )
-                    changed_ids.extend(batch_changed)
+                batch_changed = self._reprioritize(ids, batch_parts, wait_sql, wait_params, params)
+            changed_total += len(batch_changed)
+            changed_ids.extend(batch_changed)
         ctx.log_step("reprioritized", changed_total, changed_ids)
         return self.result(reprioritized=changed_total)
+
+    @staticmethod
+    def _reprioritize(
+        ids: list[int],
+        parts: list[tuple[int, int]],
+        wait_sql: str,
+        wait_params: list[Any],
+        params: QueuePriorityParams,
+    ) -> list[int]:
+        """One UPDATE for a batch, joined to its tenants' (plan base + depth bonus): writes only
+        rows still pending and unclaimed whose value changes, and returns their ids."""
+        table = Command._meta.db_table
+        priority = f"parts.part + {wait_sql} * %s"
+        priority_params = [*wait_params, params.age_bonus_per_minute]
+        sql = (
+            f"WITH parts (tenant_id, part) AS (VALUES {', '.join(['(%s, %s)'] * len(parts))}) "
+            f"UPDATE {table} SET queue_priority = {priority}, version = {table}.version + 1 "
+            f"FROM parts WHERE {table}.tenant_id = parts.tenant_id "
+            f"AND {table}.id IN ({', '.join(['%s'] * len(ids))}) "
+            f"AND {table}.status = %s AND {table}.is_platform_job = %s AND {table}.agent_id IS NULL "
+            f"AND {table}.queue_priority <> {priority} "
+            f"RETURNING {table}.id"
+        )
+        values = [value for pair in parts for value in pair]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                sql,
+                [*values, *priority_params, *ids, CommandStatus.PENDING, True, *priority_params],
+            )
+            return [row[0] for row in cursor.fetchall()]
 
     def _tenant_parts(self, params: QueuePriorityParams) -> dict[int, int]:
         """Per tenant, the plan base plus depth bonus: one GROUP BY per run, not per row."""

@@ -12,8 +12,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from django.db.models import BigIntegerField, DateTimeField, Expression, F, Func, Value
+from django.db import connection
+from django.db.models import BigIntegerField, DateTimeField, Expression, F, Func, Model, Value
 from django.db.models.functions import Greatest
+from django.db.models.sql import Query
 
 MICROSECONDS_PER_MINUTE = 60_000_000
 
@@ -52,3 +54,12 @@ def wait_minutes_expression(now: datetime, field: str = "queued_at") -> Expressi
         MicrosecondsSince(now, field) / Value(MICROSECONDS_PER_MINUTE),
         output_field=BigIntegerField(),
     )
+
+
+def expression_sql(model: type[Model], expression: Expression) -> tuple[str, list[Any]]:
+    """Compile an ORM expression over `model`'s table to SQL for the current database, for
+    the few statements the ORM cannot write (an UPDATE joined to a list of values)."""
+    query = Query(model)
+    compiler = query.get_compiler(connection=connection)
+    sql, params = compiler.compile(expression.resolve_expression(query))
+    return sql, list(params)
