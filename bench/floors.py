@@ -1,6 +1,7 @@
 """The floor: hand-written set-based SQL making the same change as each controller, no batching.
 
-One statement per step, all in one transaction, at the default parameters. This is what a
+One statement per step, all in one transaction, at the benchmark's parameters (the
+defaults, see bench.generate.BENCH_PARAMS). This is what a
 careful DBA would write as a cron job; the controllers must stay within a small factor of it.
 Each function returns rows changed per step, keyed like the controller's steps.
 """
@@ -12,6 +13,8 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
+
+from bench.generate import BENCH_PARAMS
 
 ACTIVE = "('acknowledged', 'running')"
 PROGRESS = "GREATEST(last_progress_at, started_at, acknowledged_at)"
@@ -27,6 +30,7 @@ def _run(statements: list[tuple[str, str]], params: dict[str, Any]) -> dict[str,
 
 
 def agent_health(now: datetime) -> dict[str, int]:
+    stale_seconds = BENCH_PARAMS["agent-health"]["stale_timeout_seconds"]
     expired_lease = "l.renew_time + l.lease_duration_seconds * interval '1 second' < %(now)s"
     return _run(
         [
@@ -34,17 +38,21 @@ def agent_health(now: datetime) -> dict[str, int]:
                 "stale_offline",
                 "UPDATE agents_agent SET health = 'offline', last_offline_at = %(now)s, "
                 "version = version + 1 "
-                "WHERE health = 'online' AND last_seen_at < %(now)s - interval '90 seconds'",
+                "WHERE health = 'online' AND (last_seen_at < %(now)s - %(stale)s * interval '1 second' "
+                "OR last_seen_at IS NULL)",
             ),
             (
+                # A heartbeat renews agent and lease together: an agent seen within the
+                # shortest lease (10 s) is alive whatever its lease row says.
                 "lease_offline",
                 "UPDATE agents_agent a SET health = 'offline', last_offline_at = %(now)s, "
                 "version = a.version + 1 FROM agents_agentlease l "
-                f"WHERE l.agent_id = a.id AND a.health = 'online' AND {expired_lease}",
+                f"WHERE l.agent_id = a.id AND a.health = 'online' AND {expired_lease} "
+                "AND (a.last_seen_at < %(now)s - interval '10 seconds' OR a.last_seen_at IS NULL)",
             ),
             ("leases_deleted", f"DELETE FROM agents_agentlease l WHERE {expired_lease}"),
         ],
-        {"now": now},
+        {"now": now, "stale": stale_seconds},
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from bench.generate import BENCH_PARAMS
 from controlplane.agents.models import Agent
 from controlplane.audit.models import AuditLog
 from controlplane.commands.models import Command
@@ -18,8 +19,9 @@ from controlplane.tokens.models import BootstrapToken
 
 
 def agent_health(now: datetime, sample: int) -> int:
+    stale = timedelta(seconds=BENCH_PARAMS["agent-health"]["stale_timeout_seconds"])
     changed = 0
-    for agent in Agent.objects.filter(health="online", last_seen_at__lt=now - timedelta(seconds=90))[:sample]:
+    for agent in Agent.objects.filter(health="online", last_seen_at__lt=now - stale)[:sample]:
         agent.health = "offline"
         agent.last_offline_at = now
         agent.version += 1

@@ -18,9 +18,11 @@ def main() -> None:
     import django
 
     django.setup()
+    from bench.generate import bench_configure
     from reconcilers.runtime.runner import run_controller
 
     name = sys.argv[1]
+    bench_configure(name)
     baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     summary = run_controller(name, dry_run=False, force=True, trigger="bench")

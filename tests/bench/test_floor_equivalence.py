@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from bench.floors import FLOORS
-from bench.generate import TABLES_FOR, Sizes, generate
+from bench.generate import TABLES_FOR, Sizes, bench_configure, generate
 from controlplane.common.db import db_now
 from reconcilers.runtime.runner import run_controller
 
@@ -21,6 +21,7 @@ TINY = Sizes(agents=2000, commands=2000, pending_platform_jobs=400, tokens=400, 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("controller", list(FLOORS))
 def test_controller_changes_what_the_floor_changes(controller: str, redis_client: object) -> None:
+    bench_configure(controller)
     generate(TINY, TABLES_FOR[controller])
     summary = run_controller(controller, force=True, trigger="test")
     assert summary.outcome == "success", summary
