@@ -26,7 +26,7 @@ from reconcilers.queries.batches import delete_in_batches, keyset_rows
 from reconcilers.queries.expressions import MicrosecondsSince
 from reconcilers.runtime.contract import Controller, ControllerParams, ReconcileContext, ReconcileResult
 
-BATCH_SIZE = 1000  # agents or leases per statement; one short transaction each
+BATCH_SIZE = 5000  # agents or leases per statement; one short transaction each
 STALE_TIMEOUT_MAX_SECONDS = 86400
 
 
