@@ -184,6 +184,17 @@ def render(figures: list[ControllerFigures], *, scale: float, trials: int, extra
     return "\n".join(lines) + "\n"
 
 
+NOTES_MARKER = "<!-- analysis: kept when make bench rewrites the figures above -->"
+
+
+def _kept_notes(path: Path) -> str:
+    """The hand-written analysis below the marker of an existing report, if any."""
+    if not path.exists():
+        return ""
+    text = path.read_text()
+    return "\n" + text[text.index(NOTES_MARKER) :] if NOTES_MARKER in text else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -219,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     report = render(figures, scale=args.scale, trials=args.trials, extras=extras)
     print(report)
     if args.out:
-        args.out.write_text(report)
+        args.out.write_text(report + _kept_notes(args.out))
     return 1 if any(f.verdicts() for f in figures) else 0
 
 
