@@ -17,7 +17,7 @@ from django.db.models import F
 
 from controlplane.audit.services import audit_record
 from controlplane.commands.models import TERMINAL_STATUSES, Command, CommandStatus, StatusReason
-from controlplane.commands.priority import queue_priority
+from controlplane.commands.services import queue_entry_priorities
 from controlplane.commands.transitions import requeue_values, terminal_values
 from controlplane.common.db import db_now
 from controlplane.common.errors import ConcurrentModificationError, InvalidTransition
@@ -168,28 +168,15 @@ def command_retry(command_id: int, *, expected_version: int | None, actor: str) 
 def _fresh_priority(command_id: int) -> int | None:
     """The priority a platform job gets on re-entering the queue now, or None to keep it."""
     # Imported here: the registry imports the controllers, which import this app.
-    from reconcilers.registry import UnknownControllerError, params_load
+    from reconcilers.registry import UnknownControllerError
 
-    try:
-        params: Any = params_load("queue-priority")  # QueuePriorityParams, typed in reconcilers
-    except UnknownControllerError:
-        return None
     job = Command.objects.filter(pk=command_id).values("is_platform_job", "tenant_id", "tenant__plan").get()
     if not job["is_platform_job"]:
         return None
-    plan_base = params.plan_base
-    plan_base = plan_base.model_dump() if hasattr(plan_base, "model_dump") else dict(plan_base)
-    waiting = Command.objects.filter(
-        tenant_id=job["tenant_id"], status=CommandStatus.PENDING, is_platform_job=True, agent__isnull=True
-    ).count()
-    return queue_priority(
-        plan=job["tenant__plan"],
-        plan_base=plan_base,
-        wait_minutes=0,
-        age_bonus_per_minute=params.age_bonus_per_minute,
-        depth_bonus_max=params.depth_bonus_max,
-        tenant_pending_jobs=waiting + 1,  # this job is about to be one of them
-    )
+    try:
+        return queue_entry_priorities(job["tenant_id"], job["tenant__plan"], 1)[0]
+    except UnknownControllerError:
+        return None
 
 
 def command_update(command_id: int, *, changes: Mapping[str, Any], expected_version: int, actor: str) -> bool:

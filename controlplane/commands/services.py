@@ -8,7 +8,7 @@ new claim can interleave in any order without one overwriting another.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -49,15 +49,31 @@ class JobConflictError(Exception):
 # --- enqueue -----------------------------------------------------------------------------------
 
 
-def _priority_settings() -> tuple[Mapping[str, int], int, int]:
+def queue_entry_priorities(tenant_id: int, plan: str, count: int) -> list[int]:
+    """Priorities of `count` platform jobs of one tenant entering the queue now (wait 0): the
+    i-th counts the tenant's waiting jobs, the ones before it and itself. Racing producers
+    may each count the other's jobs or not; queue-priority recomputes the exact value on
+    its next run. Raises UnknownControllerError if queue-priority is not registered."""
     # Imported late: the registry imports every controller, which imports the domain apps.
     from reconcilers.registry import params_load
 
-    params: Any = params_load("queue-priority")
+    params: Any = params_load("queue-priority")  # QueuePriorityParams, typed in reconcilers
     plan_base = params.plan_base
-    if hasattr(plan_base, "model_dump"):
-        plan_base = plan_base.model_dump()
-    return dict(plan_base), int(params.age_bonus_per_minute), int(params.depth_bonus_max)
+    plan_base = plan_base.model_dump() if hasattr(plan_base, "model_dump") else dict(plan_base)
+    waiting = Command.objects.filter(
+        tenant_id=tenant_id, is_platform_job=True, status=CommandStatus.PENDING, agent__isnull=True
+    ).count()
+    return [
+        queue_priority(
+            plan=plan,
+            plan_base=plan_base,
+            wait_minutes=0,
+            age_bonus_per_minute=params.age_bonus_per_minute,
+            depth_bonus_max=params.depth_bonus_max,
+            tenant_pending_jobs=waiting + offset + 1,
+        )
+        for offset in range(count)
+    ]
 
 
 def command_enqueue_many(
@@ -86,23 +102,7 @@ def command_enqueue_many(
         if expires_at is not None and expires_at <= now:
             raise EnqueueError("expires_at must be in the future")
         if is_platform_job:
-            plan_base, age_bonus, depth_bonus_max = _priority_settings()
-            # Racing producers may each count the other's jobs or not; queue-priority
-            # recomputes the exact value on its next run.
-            pending = Command.objects.filter(
-                tenant=tenant, is_platform_job=True, status=CommandStatus.PENDING, agent__isnull=True
-            ).count()
-            priorities = [
-                queue_priority(
-                    plan=tenant.plan,
-                    plan_base=plan_base,
-                    wait_minutes=0,
-                    age_bonus_per_minute=age_bonus,
-                    depth_bonus_max=depth_bonus_max,
-                    tenant_pending_jobs=pending + offset + 1,
-                )
-                for offset in range(len(payloads))
-            ]
+            priorities = queue_entry_priorities(tenant.pk, tenant.plan, len(payloads))
         else:
             priorities = [0] * len(payloads)  # tenant commands are claimed oldest first
         commands = Command.objects.bulk_create(
