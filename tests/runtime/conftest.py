@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from django.db import connection
 from reconcilers.runtime.contract import Controller
 from reconcilers.runtime.testing import controllers_installed
 from reconcilers.schedule import schedule_sync
+from stress.procs import RedisServer
 from tests.runtime.controllers import TEST_CONTROLLERS, Gated
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -74,51 +74,8 @@ def entry(*args: str, **popen: Any) -> subprocess.Popen[str]:
     )
 
 
-class RedisServer:
-    """A private redis-server on a loopback port, started and stopped by pid."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if redis.Redis(port=self.port, socket_connect_timeout=0.2).ping():
-                    return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server on {self.port} did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
-
-
 @pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    server = RedisServer(REDIS_OUTAGE_PORT)
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(REDIS_OUTAGE_PORT, tmp_path)
     yield server
     server.stop()

@@ -20,7 +20,8 @@ from reconcilers.runtime import runner
 from reconcilers.runtime.fencing import fence_current
 from reconcilers.runtime.runner import RunSummary, run_controller, run_history_prune
 from reconcilers.services import config_update, pause_set
-from tests.runtime.conftest import NOTHING_LISTENS_PORT, RedisServer, entry, subprocess_env
+from stress.procs import RedisServer
+from tests.runtime.conftest import NOTHING_LISTENS_PORT, entry, subprocess_env
 from tests.runtime.controllers import WRITE_ACTION, Gated, Sleeper, writes
 
 pytestmark = pytest.mark.usefixtures("test_controllers")
@@ -185,7 +186,7 @@ def test_redis_unreachable_skips_without_writes(settings: Any) -> None:
 
 def test_redis_stopped_then_restarted(settings: Any, private_redis: RedisServer) -> None:
     private_redis.start()
-    settings.REDIS_URL = private_redis.url
+    settings.REDIS_URL = private_redis.url()
     assert run_controller(Sleeper.name, trigger="test").outcome == "success"
     private_redis.stop()
     summary = run_controller(Sleeper.name, force=True, trigger="test")
