@@ -22,7 +22,7 @@ from django.db.models.lookups import GreaterThan
 from pydantic import Field, field_validator
 
 from controlplane.agents.models import LEASE_DURATION_MIN_SECONDS, Agent, AgentHealth, AgentLease
-from reconcilers.queries.batches import delete_in_batches, keyset_rows
+from reconcilers.queries.batches import delete_in_batches, update_in_batches
 from reconcilers.queries.expressions import MicrosecondsSince
 from reconcilers.runtime.contract import Controller, ControllerParams, ReconcileContext, ReconcileResult
 
@@ -108,22 +108,25 @@ class AgentHealthController(Controller):
             "version": F("version") + 1,
             "updated_at": Now(),
         }
-        stale_count, stale_ids = 0, []
-        for rows in keyset_rows(stale, "last_seen_at", BATCH_SIZE, nulls_first=True):
-            batch = [pk for (pk,) in rows]
-            with ctx.transaction():
-                stale_count += stale.filter(pk__in=batch).update(**offline_values)
-            stale_ids.extend(batch)
+        stale_count, stale_ids = update_in_batches(
+            ctx, stale, "last_seen_at", BATCH_SIZE, offline_values, nulls_first=True
+        )
         ctx.log_step("stale_offline", stale_count, stale_ids)
 
-        # Step 1's agents are offline now, so `lease_expired` (online only) skips them.
-        lease_count, lease_ids = 0, []
-        leases = expired_leases(now, params.lease_grace_seconds).filter(agent__health=AgentHealth.ONLINE)
-        for rows in keyset_rows(leases, "renew_time", BATCH_SIZE, fields=("agent_id",)):
-            batch = [agent_id for _, agent_id in rows]
-            with ctx.transaction():
-                lease_count += lease_expired.filter(pk__in=batch).update(**offline_values)
-            lease_ids.extend(batch)
+        # Step 1's agents are offline now, so `lease_expired` (online only) skips them. The
+        # batch is picked through the leases' renew_time index: expired leases are few,
+        # online agents are many.
+        lease_count, lease_ids = update_in_batches(
+            ctx,
+            lease_expired,
+            "renew_time",
+            BATCH_SIZE,
+            offline_values,
+            picked_from=expired_leases(now, params.lease_grace_seconds)
+            .filter(agent__health=AgentHealth.ONLINE)
+            .filter(self._not_seen_since(self._lease_recent_cutoff(now, params), "agent__")),
+            picked_field="agent_id",
+        )
         ctx.log_step("lease_offline", lease_count, lease_ids)
 
         deleted, deleted_ids = delete_in_batches(
@@ -136,17 +139,26 @@ class AgentHealthController(Controller):
 
     @staticmethod
     def _stale_condition(now: datetime, params: AgentHealthParams) -> Q:
-        cutoff = now - timedelta(seconds=params.stale_timeout_seconds)
-        return Q(last_seen_at__lt=cutoff) | Q(last_seen_at__isnull=True)
+        return AgentHealthController._not_seen_since(now - timedelta(seconds=params.stale_timeout_seconds))
 
     @staticmethod
     def _lease_expired_condition(now: datetime, params: AgentHealthParams) -> Q:
         # The lease lives in another table, which PostgreSQL does not re-read when a
         # concurrent heartbeat updates the agent row; the agent's own last_seen_at (the
         # heartbeat writes it together with the lease) is what keeps such an agent online.
-        recent = now - timedelta(seconds=LEASE_DURATION_MIN_SECONDS + params.lease_grace_seconds)
         lease = expired_leases(now, params.lease_grace_seconds).filter(agent_id=OuterRef("pk"))
-        return Q(Exists(lease)) & (Q(last_seen_at__lt=recent) | Q(last_seen_at__isnull=True))
+        return Q(Exists(lease)) & AgentHealthController._not_seen_since(
+            AgentHealthController._lease_recent_cutoff(now, params)
+        )
+
+    @staticmethod
+    def _lease_recent_cutoff(now: datetime, params: AgentHealthParams) -> datetime:
+        return now - timedelta(seconds=LEASE_DURATION_MIN_SECONDS + params.lease_grace_seconds)
+
+    @staticmethod
+    def _not_seen_since(cutoff: datetime, prefix: str = "") -> Q:
+        """No heartbeat since `cutoff` (`prefix` reaches the agent from a related model)."""
+        return Q(**{f"{prefix}last_seen_at__lt": cutoff}) | Q(**{f"{prefix}last_seen_at__isnull": True})
 
     @staticmethod
     def _brake_holds(would_go: int, online: int, params: AgentHealthParams) -> bool:

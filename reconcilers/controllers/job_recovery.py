@@ -20,8 +20,8 @@ from pydantic import Field
 
 from controlplane.agents.models import Agent, AgentHealth, AgentStatus
 from controlplane.commands.models import ACTIVE_STATUSES, Command, CommandStatus, StatusReason
-from controlplane.commands.transitions import requeue_values, terminal_values
-from reconcilers.queries.batches import update_in_batches
+from controlplane.commands.transitions import requeue_values, terminal_values, values_when
+from reconcilers.queries.batches import update_in_batches, update_in_batches_returning
 from reconcilers.runtime.contract import Controller, ControllerParams, ReconcileContext, ReconcileResult
 
 BATCH_SIZE = 1000  # commands per statement; one short transaction each
@@ -82,27 +82,35 @@ class JobRecoveryController(Controller):
                 f"acknowledged but not started within {params.tenant_stuck_threshold_minutes} minutes",
             ),
         )
-        for step, reason, why in requeues:
-            candidates = triggers[step].filter(dispatch_attempts__lt=params.max_retries)
-            values = requeue_values(at=now, reason=reason, message=f"{why}; requeued")
-            counts[step] = self._apply(ctx, step, candidates, "acknowledged_at", values)
-
-        # Rows the requeue steps changed are pending now, so no trigger matches them here.
+        # Rows an earlier trigger changed are pending or failed now, so no later trigger
+        # matches them: each job is counted once, under the first trigger that took it.
         failed_values = terminal_values(
             status=CommandStatus.FAILED,
             at=now,
             reason=StatusReason.RETRIES_EXHAUSTED,
             message=f"exceeded maximum retry attempts ({params.max_retries})",
         )
-        failed, failed_ids = 0, list[int]()
-        for step, _, _ in requeues:
-            exhausted = triggers[step].filter(dispatch_attempts__gte=params.max_retries)
-            count, ids = update_in_batches(
-                ctx, exhausted, "acknowledged_at", BATCH_SIZE, failed_values, nulls_first=True
+        attempts_left = Q(dispatch_attempts__lt=params.max_retries)
+        failed_ids: list[int] = []
+        for step, reason, why in requeues:
+            requeue = requeue_values(at=now, reason=reason, message=f"{why}; requeued")
+            rows = update_in_batches_returning(
+                ctx,
+                triggers[step],
+                "acknowledged_at",
+                BATCH_SIZE,
+                values_when(attempts_left, requeue, failed_values),
+                returning=("status",),
+                nulls_first=True,
+                # Jobs of an offline holder are scattered among the healthy active jobs.
+                sparse=step == "recovered_holder_offline",
             )
-            failed, failed_ids = failed + count, failed_ids + ids
-        ctx.log_step("failed_exhausted", failed, failed_ids)
-        counts["failed_exhausted"] = failed
+            requeued = [pk for pk, status in rows if status == CommandStatus.PENDING]
+            failed_ids += [pk for pk, status in rows if status == CommandStatus.FAILED]
+            ctx.log_step(step, len(requeued), requeued)
+            counts[step] = len(requeued)
+        ctx.log_step("failed_exhausted", len(failed_ids), failed_ids)
+        counts["failed_exhausted"] = len(failed_ids)
 
         pending = Command.objects.filter(status=CommandStatus.PENDING)
         queue_cutoff = now - timedelta(minutes=params.max_queue_minutes)

@@ -76,6 +76,7 @@ class TokenCleanupController(Controller):
             "expires_at",
             BATCH_SIZE,
             {"status": TokenStatus.EXHAUSTED, "status_changed_at": now},
+            sparse=True,  # used-up tokens are scattered among the valid ones by expiry
         )
         ctx.log_step("exhausted", exhausted, exhausted_ids)
         return self.result(deleted=deleted, expired=expired, exhausted=exhausted)

@@ -1,15 +1,27 @@
-"""Keyset batches through an index: every batch costs the same as the first.
+"""Batched writes through an index: every batch costs about the same as the first.
 
-OFFSET pagination and "re-select the first N matching rows" both rescan what earlier
-batches passed over; a keyset on (key, id) resumes exactly where the last batch ended.
+Two shapes:
+
+- `keyset_rows` walks rows that stay candidates after they are written (queue-priority
+  rewrites a priority, the job stays queued). A keyset on (key, id) resumes exactly
+  where the last batch ended; OFFSET would rescan everything already passed.
+- `update_in_batches` / `delete_in_batches` serve writes that take a row out of the
+  candidate set (an agent marked offline is no longer an online agent). Each batch is
+  one statement that picks and writes at once,
+  `UPDATE t SET ... WHERE <condition> AND id IN (SELECT id ... ORDER BY key, id LIMIT n)
+  RETURNING id`, so the ids never travel to Python and back, and the next batch simply
+  picks again from the head of the index.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
+from django.db import connections
 from django.db.models import Q, QuerySet
+from django.db.models.deletion import Collector
+from django.db.models.sql import DeleteQuery, UpdateQuery
 
 from reconcilers.runtime.contract import ReconcileContext
 
@@ -19,17 +31,16 @@ def keyset_rows(
 ) -> Iterator[list[tuple[Any, ...]]]:
     """Yield lists of at most `size` rows `(pk, *fields)` of `queryset`, in (key, id) order.
 
-    The caller updates or deletes each batch (re-checking its condition in the WHERE
-    clause) before asking for the next one; rows already passed are never read again.
-    With `nulls_first`, rows whose key is NULL come first, in id order (e.g. an agent
-    marked online that never sent a heartbeat is the stalest of all).
+    The caller writes each batch (re-checking its condition in the WHERE clause) before
+    asking for the next one; rows already passed are never read again. With
+    `nulls_first`, rows whose key is NULL come first, in id order.
     """
-    if nulls_first:
+    if nulls_first and _any_row(queryset.filter(**{f"{key}__isnull": True}).order_by(key, "pk")):
         last_id = 0
         while True:
             rows = list(
                 queryset.filter(**{f"{key}__isnull": True}, pk__gt=last_id)
-                .order_by("pk")
+                .order_by(key, "pk")  # the key is NULL throughout: the (key, id) index's order
                 .values_list("pk", *fields)[:size]
             )
             if rows:
@@ -54,14 +65,6 @@ def keyset_rows(
             return
 
 
-def keyset_batches(
-    queryset: QuerySet[Any], key: str, size: int, *, nulls_first: bool = False
-) -> Iterator[list[int]]:
-    """Like `keyset_rows`, yielding only the primary keys."""
-    for rows in keyset_rows(queryset, key, size, nulls_first=nulls_first):
-        yield [row[0] for row in rows]
-
-
 def update_in_batches(
     ctx: ReconcileContext,
     candidates: QuerySet[Any],
@@ -70,29 +73,151 @@ def update_in_batches(
     values: Mapping[str, Any],
     *,
     nulls_first: bool = False,
+    picked_from: QuerySet[Any] | None = None,
+    picked_field: str = "pk",
+    sparse: bool = False,
 ) -> tuple[int, list[int]]:
-    """Conditionally UPDATE every row of `candidates`, one keyset batch per fenced transaction.
+    """UPDATE every row of `candidates` with `values`, one picked batch per fenced transaction.
 
-    `candidates` carries the whole condition; it is applied again in the UPDATE's WHERE
-    clause (`pk IN batch AND condition`), so a row that stopped matching since it was
-    read (a concurrent heartbeat, claim or report) is left alone. Returns the number of
-    rows changed and the ids of the batches (for the DEBUG log).
+    `values` must take a row out of `candidates`: that is what moves the next batch on.
+    The batch is the first `size` rows in (key, id) order; with `nulls_first`, rows whose
+    key is NULL go first (an agent marked online that never sent a heartbeat is the
+    stalest of all). The UPDATE re-checks the whole condition on each row, so a row that
+    stopped matching since the statement's snapshot (a concurrent heartbeat, claim or
+    report) is left alone.
+
+    By default the batch is picked from `candidates` itself. `picked_from` picks it from
+    another table instead (`picked_field` names the column holding the candidate's id),
+    when that table's index finds the rows far more cheaply; its condition must imply
+    the candidates', or the walk stops early at a batch that changes nothing.
+
+    `sparse` is for candidates scattered through the index (most rows the walk passes do
+    not match, e.g. jobs whose holder went offline): re-picking from the head would
+    rescan the non-matching rows for every batch, so the walk keeps a keyset position
+    instead and sends each batch's ids with its UPDATE.
+
+    Returns the number of rows changed and their ids (for the DEBUG log).
     """
-    changed, seen = 0, []
-    for ids in keyset_batches(candidates, key, size, nulls_first=nulls_first):
-        with ctx.transaction():
-            changed += candidates.filter(pk__in=ids).update(**values)
-        seen.extend(ids)
-    return changed, seen
+    rows = update_in_batches_returning(
+        ctx,
+        candidates,
+        key,
+        size,
+        values,
+        returning=(),
+        nulls_first=nulls_first,
+        picked_from=picked_from,
+        picked_field=picked_field,
+        sparse=sparse,
+    )
+    return len(rows), [row[0] for row in rows]
+
+
+def update_in_batches_returning(
+    ctx: ReconcileContext,
+    candidates: QuerySet[Any],
+    key: str,
+    size: int,
+    values: Mapping[str, Any],
+    *,
+    returning: tuple[str, ...],
+    nulls_first: bool = False,
+    picked_from: QuerySet[Any] | None = None,
+    picked_field: str = "pk",
+    sparse: bool = False,
+) -> list[tuple[Any, ...]]:
+    """`update_in_batches`, returning `(pk, *returning)` of every changed row, with the
+    values the UPDATE wrote (for a step whose values depend on the row, e.g. a CASE)."""
+    source = candidates if picked_from is None else picked_from
+    changed: list[tuple[Any, ...]] = []
+    if sparse:
+        fields = () if picked_field == "pk" else (picked_field,)
+        for batch in keyset_rows(source, key, size, fields=fields, nulls_first=nulls_first):
+            with ctx.transaction():
+                ids = [row[-1] for row in batch]
+                changed.extend(_update_returning(candidates.filter(pk__in=ids), values, returning))
+        return changed
+    for head in _batch_heads(source, key, nulls_first):
+        while True:
+            picked = head.values_list(picked_field, flat=True)[:size]
+            with ctx.transaction():
+                rows = _update_returning(candidates.filter(pk__in=picked), values, returning)
+            changed.extend(rows)
+            # An empty batch ends the walk; one short of `size` does not, because a
+            # concurrent writer may have taken rows out of an otherwise full batch.
+            if not rows:
+                break
+    return changed
 
 
 def delete_in_batches(
     ctx: ReconcileContext, candidates: QuerySet[Any], key: str, size: int
 ) -> tuple[int, list[int]]:
-    """Conditionally DELETE every row of `candidates`, one keyset batch per fenced transaction."""
-    deleted, seen = 0, []
-    for ids in keyset_batches(candidates, key, size):
-        with ctx.transaction():
-            deleted += candidates.filter(pk__in=ids).delete()[0]
-        seen.extend(ids)
-    return deleted, seen
+    """DELETE every row of `candidates`, one picked batch per fenced transaction."""
+    deleted: list[int] = []
+    for head in _batch_heads(candidates, key, nulls_first=False):
+        while True:
+            picked = head.values_list("pk", flat=True)[:size]
+            with ctx.transaction():
+                rows = _delete_returning(candidates.filter(pk__in=picked))
+            deleted.extend(pk for (pk,) in rows)
+            if not rows:
+                break
+    return len(deleted), deleted
+
+
+def _batch_heads(source: QuerySet[Any], key: str, nulls_first: bool) -> Iterator[QuerySet[Any]]:
+    """`source` in batch order, as the one or two index walks that produce it.
+
+    Both walks order by (key, id), the (key, id) index's own order: for the NULL walk the
+    key is constant, and ordering by id alone would tempt the planner into the primary key.
+    """
+    if nulls_first:
+        nulls = source.filter(**{f"{key}__isnull": True}).order_by(key, "pk")
+        if _any_row(nulls):
+            yield nulls
+    yield source.filter(**{f"{key}__isnull": False}).order_by(key, "pk")
+
+
+def _any_row(ordered: QuerySet[Any]) -> bool:
+    """Whether `ordered` has a row, asked with its ORDER BY (unlike `exists()`).
+
+    A NULL key is rare, but the planner cannot know that for a partial index (it sees
+    the column's NULLs across the whole table) and may plan a full scan or hash join for
+    a batch of them. With the index's own order and LIMIT 1 it takes the index: an
+    empty NULL walk costs one index probe.
+    """
+    return bool(list(ordered.values_list("pk", flat=True)[:1]))
+
+
+def _update_returning(
+    queryset: QuerySet[Any], values: Mapping[str, Any], returning: tuple[str, ...]
+) -> list[tuple[Any, ...]]:
+    """`queryset.update(**values)`, returning `(pk, *returning)` of the rows it changed."""
+    query = cast(UpdateQuery, queryset.query.chain(UpdateQuery))
+    query.add_update_values(dict(values))
+    query.annotations = {}  # as QuerySet.update: filters are resolved, aliases must not reach the SQL
+    sql, params = query.get_compiler(queryset.db).as_sql()
+    return _execute_returning(queryset, sql, params, returning)
+
+
+def _delete_returning(queryset: QuerySet[Any]) -> list[tuple[Any, ...]]:
+    """`queryset.delete()` for a model nothing cascades from, returning `(pk,)` of the deleted rows."""
+    if not Collector(using=queryset.db, origin=queryset).can_fast_delete(queryset):
+        raise ValueError(f"{queryset.model.__name__} has cascades or delete signals: use QuerySet.delete()")
+    query = queryset.query.chain(DeleteQuery)
+    sql, params = query.get_compiler(queryset.db).as_sql()
+    return _execute_returning(queryset, sql, params, ())
+
+
+def _execute_returning(
+    queryset: QuerySet[Any], sql: str, params: Any, returning: tuple[str, ...]
+) -> list[tuple[Any, ...]]:
+    if not sql:
+        return []
+    connection = connections[queryset.db]
+    meta = queryset.model._meta
+    columns = [meta.pk.column, *(meta.get_field(name).column for name in returning)]
+    with connection.cursor() as cursor:
+        cursor.execute(f"{sql} RETURNING {', '.join(map(connection.ops.quote_name, columns))}", params)
+        return [tuple(row) for row in cursor.fetchall()]
