@@ -77,8 +77,11 @@ class RunContext:
             return
         millis = max(1000, int((self.statement_timeout_seconds - STATEMENT_TIMEOUT_MARGIN_SECONDS) * 1000))
         with connection.cursor() as cursor:
-            cursor.execute(f"SET LOCAL statement_timeout = {millis}")
-            cursor.execute(f"SET LOCAL lock_timeout = {millis}")
+            # set_config(..., true) is SET LOCAL; both in one round trip, once per batch.
+            cursor.execute(
+                "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
+                [f"{millis}ms", f"{millis}ms"],
+            )
 
 
 def reconcile_in_context(controller: Controller, ctx: RunContext) -> ReconcileResult:

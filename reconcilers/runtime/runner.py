@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 RUN_TIMEOUT_CAP_SECONDS = 3600  # default run timeout is min(interval, this)
 PRUNE_BATCH_ROWS = 1000  # rows per history delete: a short statement on the (controller, started_at) index
 PRUNE_MAX_BATCHES = 100  # per run; a larger backlog continues at the next run
+# History is kept for days, so pruning after every run of a 30 s controller only adds a
+# statement to each run; once per controller and process every few minutes is ample.
+PRUNE_INTERVAL_SECONDS = 300.0
+_pruned_at: dict[str, float] = {}  # controller -> time.monotonic() of this process's last prune
 
 
 @dataclass(frozen=True)
@@ -401,6 +405,10 @@ class _Run:
         )
 
     def prune(self) -> None:
+        last = _pruned_at.get(self.name)
+        if last is not None and time.monotonic() - last < PRUNE_INTERVAL_SECONDS:
+            return
+        _pruned_at[self.name] = time.monotonic()
         cutoff = None
         if self.clock is not None:  # saves a clock read: the run just read the database time
             cutoff = self.clock - timedelta(days=settings.RECONCILERS_RUN_HISTORY_DAYS)

@@ -308,10 +308,19 @@ def test_prune_deletes_old_runs_in_batches_with_few_queries() -> None:
     assert len(queries.captured_queries) < 50
 
 
-def test_runner_prunes_after_a_run() -> None:
+def test_runner_prunes_after_a_run_at_most_once_per_interval(monkeypatch: Any) -> None:
+    monkeypatch.setattr(runner, "_pruned_at", {})
     old = db_now() - timedelta(days=settings.RECONCILERS_RUN_HISTORY_DAYS, minutes=1)
     ReconcileRun.objects.create(controller=Sleeper.name, started_at=old, outcome="success")
-    run_controller(Sleeper.name, trigger="test")
+    run_controller(Sleeper.name, trigger="test", force=True)
+    assert not ReconcileRun.objects.filter(controller=Sleeper.name, started_at=old).exists()
+
+    ReconcileRun.objects.create(controller=Sleeper.name, started_at=old, outcome="success")
+    run_controller(Sleeper.name, trigger="test", force=True)
+    assert ReconcileRun.objects.filter(controller=Sleeper.name, started_at=old).exists()  # too soon
+
+    monkeypatch.setattr(runner, "PRUNE_INTERVAL_SECONDS", 0.0)
+    run_controller(Sleeper.name, trigger="test", force=True)
     assert not ReconcileRun.objects.filter(controller=Sleeper.name, started_at=old).exists()
 
 
@@ -321,3 +330,41 @@ def test_unknown_controller_raises_before_anything_runs() -> None:
     with pytest.raises(UnknownControllerError, match="test-sleeper"):
         run_controller("nosuch", trigger="test")
     assert WRITE_ACTION  # the module's marker is importable for other tests
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_write_transactions_are_bounded_by_the_lock_ttl_on_the_server() -> None:
+    """A statement that outlives the lock (minus a margin) is cancelled by PostgreSQL itself,
+    and the bound is local to the write transaction."""
+    from django.db import OperationalError
+
+    from reconcilers.runtime.context import RunContext
+    from reconcilers.runtime.fencing import fence_grant
+
+    ctx = RunContext(
+        controller=Sleeper.name,
+        now=db_now(),
+        fence=fence_grant(Sleeper.name, "test"),
+        params={},
+        statement_timeout_seconds=2.5,
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW statement_timeout")
+        before = cursor.fetchone()[0]
+    with ctx.transaction(), connection.cursor() as cursor:
+        cursor.execute("SHOW statement_timeout")
+        assert cursor.fetchone()[0] == "1500ms"
+        cursor.execute("SHOW lock_timeout")
+        assert cursor.fetchone()[0] == "1500ms"
+    started = time.monotonic()
+    with (
+        pytest.raises(OperationalError, match="statement timeout"),
+        ctx.transaction(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("SELECT pg_sleep(10)")
+    assert time.monotonic() - started < 5
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW statement_timeout")
+        assert cursor.fetchone()[0] == before
