@@ -167,18 +167,27 @@ class ClaimedJob:
     payload: Any
 
 
+# Written out rather than built by the ORM: claims are every agent's poll loop, and
+# compiling the queryset cost more than running it.
+_CLAIMING_AGENT = """
+    SELECT a.tenant_id, a.is_platform_agent, a.health, a.max_concurrent_jobs,
+           (SELECT count(*) FROM {commands} c WHERE c.agent_id = a.id AND c.status IN (%s, %s))
+      FROM {agents} a
+     WHERE a.id = %s AND a.status = %s
+       {lock}
+"""
 _CLAIM_SET = """
     UPDATE {table}
-       SET agent_id = %s, status = 'acknowledged', acknowledged_at = %s,
+       SET agent_id = %s, status = 'acknowledged', acknowledged_at = {now},
            dispatch_attempts = dispatch_attempts + 1, version = version + 1
      WHERE id = ({pick})
        AND status = 'pending' AND agent_id IS NULL
- RETURNING id
+ RETURNING id, dispatch_attempts, kind, payload
 """
 _PICK_PLATFORM = """
     SELECT id FROM {table}
      WHERE status = 'pending' AND is_platform_job = %s AND agent_id IS NULL
-       AND (expires_at IS NULL OR expires_at > %s)
+       AND (expires_at IS NULL OR expires_at > {now})
      ORDER BY queue_priority DESC, queued_at ASC, id ASC
      LIMIT 1 {lock}
 """
@@ -186,7 +195,7 @@ _PICK_TENANT = """
     SELECT id FROM {table}
      WHERE tenant_id = %s AND status = 'pending' AND is_platform_job = %s AND agent_id IS NULL
        AND (target_agent_id IS NULL OR target_agent_id = %s)
-       AND (expires_at IS NULL OR expires_at > %s)
+       AND (expires_at IS NULL OR expires_at > {now})
      ORDER BY queued_at ASC, id ASC
      LIMIT 1 {lock}
 """
@@ -206,40 +215,57 @@ def command_claim(agent_id: int) -> ClaimedJob | None:
     row is picked with FOR UPDATE SKIP LOCKED on PostgreSQL, so concurrent claimers never
     wait on or double-claim a row. On SQLite the single UPDATE ... WHERE id = (SELECT ...)
     is atomic by itself (the database has one writer), which is what serialises claims.
+
+    On PostgreSQL a claim is four round trips: BEGIN, the agent row with its held-jobs
+    count, the UPDATE ... RETURNING the job, COMMIT. Claims are the hot path of every
+    agent's poll loop, so nothing is read twice.
     """
     with transaction.atomic():
         # Locking the agent row serialises one agent's concurrent claims, so the
-        # held-jobs count below cannot be raced past max_concurrent_jobs.
-        agent = (
-            Agent.objects.select_for_update()
-            .filter(pk=agent_id, status=AgentStatus.ACTIVE)
-            .only("pk", "tenant_id", "is_platform_agent", "health", "max_concurrent_jobs")
-            .first()
-        )
-        if agent is None or agent.health != AgentHealth.ONLINE:
-            return None
-        held = Command.objects.filter(agent_id=agent_id, status__in=ACTIVE_STATUSES).count()
-        if held >= agent.max_concurrent_jobs:
-            return None
-        now = db_now()
-        now_param = connection.ops.adapt_datetimefield_value(now)
-        lock = "FOR UPDATE SKIP LOCKED" if is_postgresql() else ""
-        table = Command._meta.db_table
-        if agent.is_platform_agent:
-            pick = _PICK_PLATFORM.format(table=table, lock=lock)
-            pick_params: list[Any] = [True, now_param]
-        else:
-            pick = _PICK_TENANT.format(table=table, lock=lock)
-            pick_params = [agent.tenant_id, False, agent_id, now_param]
+        # held-jobs count read with it cannot be raced past max_concurrent_jobs.
         with connection.cursor() as cursor:
-            cursor.execute(_CLAIM_SET.format(table=table, pick=pick), [agent_id, now_param, *pick_params])
-            row = cursor.fetchone()
-        if row is None:
+            cursor.execute(
+                _CLAIMING_AGENT.format(
+                    agents=Agent._meta.db_table,
+                    commands=Command._meta.db_table,
+                    lock="FOR UPDATE OF a" if is_postgresql() else "",
+                ),
+                [*ACTIVE_STATUSES, agent_id, AgentStatus.ACTIVE],
+            )
+            found = cursor.fetchone()
+        if found is None:
             return None
-        job = Command.objects.values("id", "dispatch_attempts", "kind", "payload").get(pk=row[0])
-    log.debug("agent %s claimed job %s (attempt %s)", agent_id, job["id"], job["dispatch_attempts"])
+        tenant_id, is_platform_agent, health, max_concurrent_jobs, held = found
+        if health != AgentHealth.ONLINE or held >= max_concurrent_jobs:
+            return None
+        if is_postgresql():
+            # statement_timestamp() is one instant for the whole UPDATE: the expiry test
+            # and acknowledged_at agree, as with a clock read first, minus its round trip.
+            now_sql, now_params, lock = "statement_timestamp()", [], "FOR UPDATE SKIP LOCKED"
+        else:
+            now_sql, now_params, lock = "%s", [connection.ops.adapt_datetimefield_value(db_now())], ""
+        table = Command._meta.db_table
+        if is_platform_agent:
+            pick = _PICK_PLATFORM.format(table=table, lock=lock, now=now_sql)
+            pick_params: list[Any] = [True, *now_params]
+        else:
+            pick = _PICK_TENANT.format(table=table, lock=lock, now=now_sql)
+            pick_params = [tenant_id, False, agent_id, *now_params]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _CLAIM_SET.format(table=table, pick=pick, now=now_sql), [agent_id, *now_params, *pick_params]
+            )
+            row = cursor.fetchone()
+    if row is None:
+        return None
+    job_id, attempt, kind, payload = row
+    log.debug("agent %s claimed job %s (attempt %s)", agent_id, job_id, attempt)
+    payload_field = Command._meta.get_field("payload")
     return ClaimedJob(
-        job_id=job["id"], attempt=job["dispatch_attempts"], kind=job["kind"], payload=job["payload"]
+        job_id=job_id,
+        attempt=attempt,
+        kind=kind,
+        payload=payload_field.from_db_value(payload, None, connection),  # type: ignore[arg-type]
     )
 
 
