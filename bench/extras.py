@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.queues
 import os
 import signal
 import statistics
@@ -59,10 +61,13 @@ def runner_overhead_ms() -> float:
 
 
 def claim_latency_ms(scale: float) -> tuple[float, float, int]:
-    """p50 and p99 of command_claim with 8 concurrent claimers over the pending platform queue."""
+    """p50 and p99 of command_claim with 8 concurrent claimers over the pending platform queue.
+
+    Each claimer is its own process with its own connection, as claims arrive in
+    production (one per gunicorn worker); threads in one process would measure the GIL.
+    """
     from bench.generate import Sizes, generate
     from controlplane.agents.models import Agent
-    from controlplane.commands.services import command_claim
 
     generate(Sizes.at(scale), ("agents", "commands"))
     with connection.cursor() as cursor:
@@ -75,31 +80,37 @@ def claim_latency_ms(scale: float) -> tuple[float, float, int]:
     )
     Agent.objects.filter(pk__in=claimers).update(max_concurrent_jobs=1_000_000)
     # The claimers' current jobs don't matter here: every claim takes a new pending job.
-    latencies: list[float] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(len(claimers))
-
-    def claim_loop(agent_id: int) -> None:
-        mine = []
-        try:
-            barrier.wait()
-            for _ in range(CLAIMS_PER_CLAIMER):
-                started = time.perf_counter()
-                claimed = command_claim(agent_id)
-                mine.append((time.perf_counter() - started) * 1000)
-                if claimed is None:
-                    break
-        finally:
-            connection.close()
-            with lock:
-                latencies.extend(mine)
-
-    threads = [threading.Thread(target=claim_loop, args=(pk,)) for pk in claimers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    connection.close()  # a forked child must open its own connection, never share this one
+    fork = multiprocessing.get_context("fork")
+    barrier = fork.Barrier(len(claimers))
+    results: multiprocessing.queues.Queue[list[float]] = fork.Queue()
+    processes = [fork.Process(target=_claim_loop, args=(pk, barrier, results)) for pk in claimers]
+    for process in processes:
+        process.start()
+    latencies = [ms for _ in processes for ms in results.get(timeout=600)]
+    for process in processes:
+        process.join(timeout=60)
+        if process.exitcode != 0:
+            raise RuntimeError(f"claimer process exited with {process.exitcode}")
     return _percentile(latencies, 0.5), _percentile(latencies, 0.99), queued
+
+
+def _claim_loop(agent_id: int, barrier: Any, results: Any) -> None:
+    from controlplane.commands.services import command_claim
+
+    mine: list[float] = []
+    try:
+        command_claim(agent_id)  # opens this process's connection outside the timing
+        barrier.wait()
+        for _ in range(CLAIMS_PER_CLAIMER):
+            started = time.perf_counter()
+            claimed = command_claim(agent_id)
+            mine.append((time.perf_counter() - started) * 1000)
+            if claimed is None:
+                break
+    finally:
+        connection.close()
+        results.put(mine)
 
 
 def heartbeat_throughput() -> tuple[float, float, float]:
