@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import ClassVar
 
 from django.conf import settings
-from django.db.models import Exists, F, OuterRef, Q, QuerySet, Value
+from django.db.models import F, Q, QuerySet, Value
 from django.db.models.functions import Now
 from django.db.models.lookups import GreaterThan
 from pydantic import Field, field_validator
@@ -79,13 +79,27 @@ class AgentHealthController(Controller):
         now = ctx.now
         online = Agent.objects.filter(health=AgentHealth.ONLINE)
         stale = online.filter(self._stale_condition(now, params))
-        lease_expired = online.filter(self._lease_expired_condition(now, params))
+        # The lease lives in another table, which PostgreSQL does not re-read when a
+        # concurrent heartbeat updates the agent row; the agent's own last_seen_at (the
+        # heartbeat writes it together with the lease) is what keeps such an agent online.
+        # So the expired lease is found when the batch is picked, and the UPDATE re-checks
+        # last_seen_at on the agent row.
+        not_seen_lately = online.filter(self._not_seen_since(self._lease_recent_cutoff(now, params)))
+
+        # Expired leases of online agents not seen lately: step 2's agents, found from the
+        # leases' renew_time index (expired leases are few, online agents are many).
+        lease_picks = (
+            expired_leases(now, params.lease_grace_seconds)
+            .filter(agent__health=AgentHealth.ONLINE)
+            .filter(self._not_seen_since(self._lease_recent_cutoff(now, params), "agent__"))
+        )
 
         flags = {"brake_engaged": False, "brake_overridden": False}
-        would_go = online.filter(
-            self._stale_condition(now, params) | self._lease_expired_condition(now, params)
-        ).count()
-        if would_go and self._brake_holds(would_go, online.count(), params):
+        # Two index walks that never overlap (stale agents; expired leases of agents that are
+        # not stale), instead of a scan of the whole fleet probing a lease per agent.
+        stale_cutoff = now - timedelta(seconds=params.stale_timeout_seconds)
+        would_go = stale.count() + lease_picks.filter(agent__last_seen_at__gte=stale_cutoff).count()
+        if self._brake_holds(would_go, online, params):
             if not ctx.ignore_brake:
                 flags["brake_engaged"] = True
                 ctx.log.warning(
@@ -109,23 +123,20 @@ class AgentHealthController(Controller):
             "updated_at": Now(),
         }
         stale_count, stale_ids = update_in_batches(
-            ctx, stale, "last_seen_at", BATCH_SIZE, offline_values, nulls_first=True
+            ctx, stale, "last_seen_at", BATCH_SIZE, offline_values, nulls_first=True, key_below=stale_cutoff
         )
         ctx.log_step("stale_offline", stale_count, stale_ids)
 
-        # Step 1's agents are offline now, so `lease_expired` (online only) skips them. The
-        # batch is picked through the leases' renew_time index: expired leases are few,
-        # online agents are many.
+        # Step 1's agents are offline now, so neither the picks nor the UPDATE match them.
         lease_count, lease_ids = update_in_batches(
             ctx,
-            lease_expired,
+            not_seen_lately,
             "renew_time",
             BATCH_SIZE,
             offline_values,
-            picked_from=expired_leases(now, params.lease_grace_seconds)
-            .filter(agent__health=AgentHealth.ONLINE)
-            .filter(self._not_seen_since(self._lease_recent_cutoff(now, params), "agent__")),
+            picked_from=lease_picks,
             picked_field="agent_id",
+            sparse=True,  # found by a join: one SELECT, not one per batch
         )
         ctx.log_step("lease_offline", lease_count, lease_ids)
 
@@ -142,16 +153,6 @@ class AgentHealthController(Controller):
         return AgentHealthController._not_seen_since(now - timedelta(seconds=params.stale_timeout_seconds))
 
     @staticmethod
-    def _lease_expired_condition(now: datetime, params: AgentHealthParams) -> Q:
-        # The lease lives in another table, which PostgreSQL does not re-read when a
-        # concurrent heartbeat updates the agent row; the agent's own last_seen_at (the
-        # heartbeat writes it together with the lease) is what keeps such an agent online.
-        lease = expired_leases(now, params.lease_grace_seconds).filter(agent_id=OuterRef("pk"))
-        return Q(Exists(lease)) & AgentHealthController._not_seen_since(
-            AgentHealthController._lease_recent_cutoff(now, params)
-        )
-
-    @staticmethod
     def _lease_recent_cutoff(now: datetime, params: AgentHealthParams) -> datetime:
         return now - timedelta(seconds=LEASE_DURATION_MIN_SECONDS + params.lease_grace_seconds)
 
@@ -161,5 +162,8 @@ class AgentHealthController(Controller):
         return Q(**{f"{prefix}last_seen_at__lt": cutoff}) | Q(**{f"{prefix}last_seen_at__isnull": True})
 
     @staticmethod
-    def _brake_holds(would_go: int, online: int, params: AgentHealthParams) -> bool:
-        return would_go > params.brake_min_agents and would_go / max(online, 1) > params.max_offline_fraction
+    def _brake_holds(would_go: int, online: QuerySet[Agent], params: AgentHealthParams) -> bool:
+        # The fleet is counted only when the brake could engage at all.
+        if would_go <= params.brake_min_agents:
+            return False
+        return would_go / max(online.count(), 1) > params.max_offline_fraction

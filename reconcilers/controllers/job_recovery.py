@@ -91,6 +91,8 @@ class JobRecoveryController(Controller):
             message=f"exceeded maximum retry attempts ({params.max_retries})",
         )
         attempts_left = Q(dispatch_attempts__lt=params.max_retries)
+        # The stuck trigger's `acknowledged_at < cutoff OR NULL` is no index range; its bound is.
+        key_bounds = {"recovered_stuck": now - timedelta(minutes=params.stuck_threshold_minutes)}
         failed_ids: list[int] = []
         for step, reason, why in requeues:
             requeue = requeue_values(at=now, reason=reason, message=f"{why}; requeued")
@@ -102,6 +104,7 @@ class JobRecoveryController(Controller):
                 values_when(attempts_left, requeue, failed_values),
                 returning=("status",),
                 nulls_first=True,
+                key_below=key_bounds.get(step),
                 # Jobs of an offline holder are scattered among the healthy active jobs.
                 sparse=step == "recovered_holder_offline",
             )

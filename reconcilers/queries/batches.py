@@ -16,10 +16,11 @@ Two shapes:
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from itertools import islice
 from typing import Any, cast
 
 from django.db import connections
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.db.models.deletion import Collector
 from django.db.models.sql import DeleteQuery, UpdateQuery
 
@@ -27,30 +28,17 @@ from reconcilers.runtime.contract import ReconcileContext
 
 
 def keyset_rows(
-    queryset: QuerySet[Any], key: str, size: int, *, fields: tuple[str, ...] = (), nulls_first: bool = False
+    queryset: QuerySet[Any], key: str, size: int, *, fields: tuple[str, ...] = ()
 ) -> Iterator[list[tuple[Any, ...]]]:
-    """Yield lists of at most `size` rows `(pk, *fields)` of `queryset`, in (key, id) order.
+    """Yield lists of at most `size` rows `(pk, *fields)` of `queryset`, in (key, id) order
+    (`key` is NOT NULL).
 
     The caller writes each batch (re-checking its condition in the WHERE clause) before
-    asking for the next one; rows already passed are never read again. With
-    `nulls_first`, rows whose key is NULL come first, in id order.
+    asking for the next one; rows already passed are never read again.
     """
-    if nulls_first and _any_row(queryset.filter(**{f"{key}__isnull": True}).order_by(key, "pk")):
-        last_id = 0
-        while True:
-            rows = list(
-                queryset.filter(**{f"{key}__isnull": True}, pk__gt=last_id)
-                .order_by(key, "pk")  # the key is NULL throughout: the (key, id) index's order
-                .values_list("pk", *fields)[:size]
-            )
-            if rows:
-                yield rows
-                last_id = rows[-1][0]
-            if len(rows) < size:
-                break
     position: tuple[Any, int] | None = None
     while True:
-        page = queryset.filter(**{f"{key}__isnull": False})
+        page = queryset
         if position is not None:
             value, pk = position
             # The redundant `key >= value` is the sargable bound that lets the index seek.
@@ -73,6 +61,7 @@ def update_in_batches(
     values: Mapping[str, Any],
     *,
     nulls_first: bool = False,
+    key_below: Any = None,
     picked_from: QuerySet[Any] | None = None,
     picked_field: str = "pk",
     sparse: bool = False,
@@ -82,7 +71,10 @@ def update_in_batches(
     `values` must take a row out of `candidates`: that is what moves the next batch on.
     The batch is the first `size` rows in (key, id) order; with `nulls_first`, rows whose
     key is NULL go first (an agent marked online that never sent a heartbeat is the
-    stalest of all). The UPDATE re-checks the whole condition on each row, so a row that
+    stalest of all). Such a condition (`key < x OR key IS NULL`) is no index range, so
+    pass its bound as `key_below`: the walk over keyed rows then ends where the
+    candidates do, instead of filtering the rest of the index for its last batch.
+    The UPDATE re-checks the whole condition on each row, so a row that
     stopped matching since the statement's snapshot (a concurrent heartbeat, claim or
     report) is left alone.
 
@@ -91,10 +83,10 @@ def update_in_batches(
     when that table's index finds the rows far more cheaply; its condition must imply
     the candidates', or the walk stops early at a batch that changes nothing.
 
-    `sparse` is for candidates scattered through the index (most rows the walk passes do
-    not match, e.g. jobs whose holder went offline): re-picking from the head would
-    rescan the non-matching rows for every batch, so the walk keeps a keyset position
-    instead and sends each batch's ids with its UPDATE.
+    `sparse` is for candidates scattered through the index, or found by a join (jobs
+    whose holder went offline, agents whose lease expired): re-picking from the head
+    would rescan the non-matching rows, or redo the join, for every batch. The ids come
+    instead from one SELECT, streamed, and each batch's UPDATE re-checks them.
 
     Returns the number of rows changed and their ids (for the DEBUG log).
     """
@@ -106,6 +98,7 @@ def update_in_batches(
         values,
         returning=(),
         nulls_first=nulls_first,
+        key_below=key_below,
         picked_from=picked_from,
         picked_field=picked_field,
         sparse=sparse,
@@ -122,6 +115,7 @@ def update_in_batches_returning(
     *,
     returning: tuple[str, ...],
     nulls_first: bool = False,
+    key_below: Any = None,
     picked_from: QuerySet[Any] | None = None,
     picked_field: str = "pk",
     sparse: bool = False,
@@ -131,13 +125,11 @@ def update_in_batches_returning(
     source = candidates if picked_from is None else picked_from
     changed: list[tuple[Any, ...]] = []
     if sparse:
-        fields = () if picked_field == "pk" else (picked_field,)
-        for batch in keyset_rows(source, key, size, fields=fields, nulls_first=nulls_first):
+        for ids in _streamed_batches(source, key, size, nulls_first, key_below, picked_field):
             with ctx.transaction():
-                ids = [row[-1] for row in batch]
                 changed.extend(_update_returning(candidates.filter(pk__in=ids), values, returning))
         return changed
-    for head in _batch_heads(source, key, nulls_first):
+    for head in _batch_heads(source, key, nulls_first, key_below):
         while True:
             picked = head.values_list(picked_field, flat=True)[:size]
             with ctx.transaction():
@@ -155,7 +147,7 @@ def delete_in_batches(
 ) -> tuple[int, list[int]]:
     """DELETE every row of `candidates`, one picked batch per fenced transaction."""
     deleted: list[int] = []
-    for head in _batch_heads(candidates, key, nulls_first=False):
+    for head in _batch_heads(candidates, key, nulls_first=False, key_below=None):
         while True:
             picked = head.values_list("pk", flat=True)[:size]
             with ctx.transaction():
@@ -166,7 +158,32 @@ def delete_in_batches(
     return len(deleted), deleted
 
 
-def _batch_heads(source: QuerySet[Any], key: str, nulls_first: bool) -> Iterator[QuerySet[Any]]:
+def _streamed_batches(
+    source: QuerySet[Any], key: str, size: int, nulls_first: bool, key_below: Any, picked_field: str
+) -> Iterator[list[Any]]:
+    """The `picked_field` of every row of `source`, from one SELECT, `size` at a time.
+
+    On PostgreSQL they stream from a server-side cursor (Django declares it WITH HOLD
+    outside a transaction, so it outlives each batch's commit): one scan in all, and
+    memory bounded by the batch. SQLite reads them all first: its connection gives no
+    isolation between an open read and the writes made while it is open.
+    """
+    if key_below is not None:
+        source = source.filter(Q(**{f"{key}__lt": key_below}) | Q(**{f"{key}__isnull": True}))
+    ordered = source.order_by(F(key).asc(nulls_first=nulls_first or None), "pk").values_list(
+        picked_field, flat=True
+    )
+    if connections[source.db].vendor == "postgresql":
+        picked: Iterator[Any] = ordered.iterator(chunk_size=size)
+    else:
+        picked = iter(list(ordered))
+    while batch := list(islice(picked, size)):
+        yield batch
+
+
+def _batch_heads(
+    source: QuerySet[Any], key: str, nulls_first: bool, key_below: Any
+) -> Iterator[QuerySet[Any]]:
     """`source` in batch order, as the one or two index walks that produce it.
 
     Both walks order by (key, id), the (key, id) index's own order: for the NULL walk the
@@ -176,7 +193,14 @@ def _batch_heads(source: QuerySet[Any], key: str, nulls_first: bool) -> Iterator
         nulls = source.filter(**{f"{key}__isnull": True}).order_by(key, "pk")
         if _any_row(nulls):
             yield nulls
-    yield source.filter(**{f"{key}__isnull": False}).order_by(key, "pk")
+    yield _keyed(source, key, key_below).order_by(key, "pk")
+
+
+def _keyed(source: QuerySet[Any], key: str, key_below: Any) -> QuerySet[Any]:
+    """The rows of `source` with a key, as an index range when the bound is known."""
+    if key_below is None:
+        return source.filter(**{f"{key}__isnull": False})
+    return source.filter(**{f"{key}__lt": key_below})
 
 
 def _any_row(ordered: QuerySet[Any]) -> bool:

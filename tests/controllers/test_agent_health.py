@@ -135,6 +135,28 @@ def test_brake_holds_at_60_percent_and_lets_40_percent_through(
 
 
 @pytest.mark.django_db
+def test_brake_counts_stale_and_lease_expired_agents_once_each(
+    run_controller: RunController, make_agent: MakeAgent
+) -> None:
+    now = db_now()
+    for _ in range(50):
+        make_agent(last_seen_at=now - timedelta(seconds=5))
+    stale = [make_agent(last_seen_at=now - timedelta(minutes=5)) for _ in range(30)]
+    lease(stale[0], now - timedelta(minutes=5))  # stale and lease-expired: one agent, counted once
+    for _ in range(20):
+        lease(make_agent(last_seen_at=now - timedelta(seconds=75)), now - timedelta(seconds=75))
+
+    # 50 of 100 online agents would go: exactly the 0.5 limit, which does not engage the brake.
+    at_limit = run_controller(NAME, now=now, dry_run=True)
+    assert at_limit.flags["brake_engaged"] is False
+    assert (at_limit.steps["stale_offline"], at_limit.steps["lease_offline"]) == (30, 20)
+
+    lease(make_agent(last_seen_at=now - timedelta(seconds=75)), now - timedelta(seconds=75))
+    over = run_controller(NAME, now=now, dry_run=True)  # 51 of 101
+    assert (over.flags["brake_engaged"], over.items) == (True, 0)
+
+
+@pytest.mark.django_db
 def test_brake_override_minimum_and_disable(run_controller: RunController, make_agent: MakeAgent) -> None:
     now = db_now()
     _fleet(make_agent, now, online=10, stale=10)
@@ -203,7 +225,7 @@ def test_query_count_does_not_grow_with_rows(monkeypatch: pytest.MonkeyPatch, ma
         Agent.objects.all().delete()
         now = db_now()
         _mixed(make_agent, now, copies)
-        ctx = run_context(NAME, now=now, max_offline_fraction=1)
+        ctx = run_context(NAME, now=now, max_offline_fraction=1, brake_min_agents=0)  # counts the fleet
         queries, _ = count_queries(lambda: reconcile_in_context(controller_get(NAME), ctx))
         assert Agent.objects.filter(health=AgentHealth.OFFLINE).count() == 3 * copies
         return queries

@@ -16,9 +16,10 @@ from tests.controllers.conftest import count_queries, run_context
 MakeAgent = Callable[..., Agent]
 
 
-@pytest.mark.parametrize("sparse", [False, True], ids=["picked-from-head", "keyset"])
+@pytest.mark.parametrize("sparse", [False, True], ids=["picked-from-head", "streamed"])
+@pytest.mark.parametrize("bounded", [False, True], ids=["unbounded", "key-below"])
 def test_update_walks_null_keys_first_then_key_order_and_changes_only_candidates(
-    make_agent: MakeAgent, sparse: bool
+    make_agent: MakeAgent, sparse: bool, bounded: bool
 ) -> None:
     now = db_now()
     never_seen = [make_agent(last_seen_at=None) for _ in range(3)]
@@ -37,19 +38,27 @@ def test_update_walks_null_keys_first_then_key_order_and_changes_only_candidates
         {"health": AgentHealth.OFFLINE, "version": F("version") + 1},
         nulls_first=True,
         sparse=sparse,
+        key_below=now - timedelta(minutes=1) if bounded else None,
     )
 
     assert count == 8
-    # Batches of two: the never-seen agents in id order first (their batch of one ends
-    # that walk at the next, empty, batch), then the stalest first.
-    batches = [sorted(changed[0:2]), changed[2:3], sorted(changed[3:5]), sorted(changed[5:7]), changed[7:]]
-    assert batches == [
-        [never_seen[0].pk, never_seen[1].pk],
-        [never_seen[2].pk],
-        sorted([stale[0].pk, stale[1].pk]),
-        sorted([stale[2].pk, stale[3].pk]),
-        [stale[4].pk],
-    ]
+    if sparse:
+        # One SELECT in (NULL first, key, id) order, cut into batches of two; the order
+        # inside one UPDATE's RETURNING is the database's.
+        expected = [never_seen[0], never_seen[1], never_seen[2], *stale]
+        cut = [sorted(changed[i : i + 2]) for i in range(0, 8, 2)]
+        assert cut == [sorted(a.pk for a in expected[i : i + 2]) for i in range(0, 8, 2)]
+    else:
+        # Batches of two: the never-seen agents in id order first (their batch of one
+        # ends that walk at the next, empty, batch), then the stalest first.
+        cut = [sorted(changed[0:2]), changed[2:3], sorted(changed[3:5]), sorted(changed[5:7]), changed[7:]]
+        assert cut == [
+            [never_seen[0].pk, never_seen[1].pk],
+            [never_seen[2].pk],
+            sorted([stale[0].pk, stale[1].pk]),
+            sorted([stale[2].pk, stale[3].pk]),
+            [stale[4].pk],
+        ]
     assert set(Agent.objects.filter(health=AgentHealth.ONLINE).values_list("pk", flat=True)) == {fresh.pk}
     assert Agent.objects.get(pk=already_offline.pk).version == already_offline.version
     assert all(v == 2 for v in Agent.objects.filter(pk__in=changed).values_list("version", flat=True))
