@@ -20,7 +20,7 @@ from controlplane.tokens.models import BootstrapToken, TokenStatus
 from reconcilers.queries.batches import delete_in_batches, update_in_batches
 from reconcilers.runtime.contract import Controller, ControllerParams, ReconcileContext, ReconcileResult
 
-BATCH_SIZE = 1000  # tokens per statement; one short transaction each
+BATCH_SIZE = 5000  # tokens per statement; one short transaction each (registration rarely waits on one)
 
 # The timestamp the grace period counts from, per non-active status.
 DELETE_ANCHORS: tuple[tuple[str, str], ...] = (
