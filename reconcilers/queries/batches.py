@@ -15,16 +15,18 @@ Two shapes:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from itertools import islice
 from typing import Any, cast
 
 from django.db import connections
-from django.db.models import F, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.db.models.deletion import Collector
 from django.db.models.sql import DeleteQuery, UpdateQuery
 
 from reconcilers.runtime.contract import ReconcileContext
+
+Rows = list[tuple[Any, ...]]  # what a batched write returns: (pk, *returning) per changed row
 
 
 def keyset_rows(
@@ -86,7 +88,7 @@ def update_in_batches(
     `sparse` is for candidates scattered through the index, or found by a join (jobs
     whose holder went offline, agents whose lease expired): re-picking from the head
     would rescan the non-matching rows, or redo the join, for every batch. The ids come
-    instead from one SELECT, streamed, and each batch's UPDATE re-checks them.
+    instead from one streamed SELECT per walk, and each batch's UPDATE re-checks them.
 
     Returns the number of rows changed and their ids (for the DEBUG log).
     """
@@ -119,65 +121,80 @@ def update_in_batches_returning(
     picked_from: QuerySet[Any] | None = None,
     picked_field: str = "pk",
     sparse: bool = False,
-) -> list[tuple[Any, ...]]:
+) -> Rows:
     """`update_in_batches`, returning `(pk, *returning)` of every changed row, with the
     values the UPDATE wrote (for a step whose values depend on the row, e.g. a CASE)."""
-    source = candidates if picked_from is None else picked_from
-    changed: list[tuple[Any, ...]] = []
-    if sparse:
-        for ids in _streamed_batches(source, key, size, nulls_first, key_below, picked_field):
-            with ctx.transaction():
-                changed.extend(_update_returning(candidates.filter(pk__in=ids), values, returning))
-        return changed
-    for head in _batch_heads(source, key, nulls_first, key_below):
-        while True:
-            picked = head.values_list(picked_field, flat=True)[:size]
-            with ctx.transaction():
-                rows = _update_returning(candidates.filter(pk__in=picked), values, returning)
-            changed.extend(rows)
-            # An empty batch ends the walk; one short of `size` does not, because a
-            # concurrent writer may have taken rows out of an otherwise full batch.
-            if not rows:
-                break
-    return changed
+    return _walk(
+        ctx,
+        candidates if picked_from is None else picked_from,
+        key,
+        size,
+        lambda picked: _update_returning(candidates.filter(pk__in=picked), values, returning),
+        nulls_first=nulls_first,
+        key_below=key_below,
+        picked_field=picked_field,
+        sparse=sparse,
+    )
 
 
 def delete_in_batches(
     ctx: ReconcileContext, candidates: QuerySet[Any], key: str, size: int
 ) -> tuple[int, list[int]]:
     """DELETE every row of `candidates`, one picked batch per fenced transaction."""
-    deleted: list[int] = []
-    for head in _batch_heads(candidates, key, nulls_first=False, key_below=None):
+
+    def delete(picked: Any) -> Rows:
+        return _delete_returning(candidates.filter(pk__in=picked))
+
+    rows = _walk(ctx, candidates, key, size, delete)
+    return len(rows), [pk for (pk,) in rows]
+
+
+def _walk(
+    ctx: ReconcileContext,
+    source: QuerySet[Any],
+    key: str,
+    size: int,
+    write: Callable[[Any], Rows],
+    *,
+    nulls_first: bool = False,
+    key_below: Any = None,
+    picked_field: str = "pk",
+    sparse: bool = False,
+) -> Rows:
+    """Pick batches of `picked_field` from `source` in batch order and `write` each one in
+    its own fenced transaction; returns what the writes returned."""
+    written: Rows = []
+    for head in _batch_heads(source, key, nulls_first, key_below):
+        picks = head.values_list(picked_field, flat=True)
+        if sparse:
+            for ids in _streamed(picks, size):
+                with ctx.transaction():
+                    written.extend(write(ids))
+            continue
         while True:
-            picked = head.values_list("pk", flat=True)[:size]
             with ctx.transaction():
-                rows = _delete_returning(candidates.filter(pk__in=picked))
-            deleted.extend(pk for (pk,) in rows)
+                rows = write(picks[:size])
+            written.extend(rows)
+            # An empty batch ends the walk; one short of `size` does not, because a
+            # concurrent writer may have taken rows out of an otherwise full batch.
             if not rows:
                 break
-    return len(deleted), deleted
+    return written
 
 
-def _streamed_batches(
-    source: QuerySet[Any], key: str, size: int, nulls_first: bool, key_below: Any, picked_field: str
-) -> Iterator[list[Any]]:
-    """The `picked_field` of every row of `source`, from one SELECT, `size` at a time.
+def _streamed(picks: QuerySet[Any], size: int) -> Iterator[list[Any]]:
+    """Every value of `picks`, from one SELECT, `size` at a time.
 
     On PostgreSQL they stream from a server-side cursor (Django declares it WITH HOLD
     outside a transaction, so it outlives each batch's commit): one scan in all, and
     memory bounded by the batch. SQLite reads them all first: its connection gives no
     isolation between an open read and the writes made while it is open.
     """
-    if key_below is not None:
-        source = source.filter(Q(**{f"{key}__lt": key_below}) | Q(**{f"{key}__isnull": True}))
-    ordered = source.order_by(F(key).asc(nulls_first=nulls_first or None), "pk").values_list(
-        picked_field, flat=True
-    )
-    if connections[source.db].vendor == "postgresql":
-        picked: Iterator[Any] = ordered.iterator(chunk_size=size)
+    if connections[picks.db].vendor == "postgresql":
+        values: Iterator[Any] = picks.iterator(chunk_size=size)
     else:
-        picked = iter(list(ordered))
-    while batch := list(islice(picked, size)):
+        values = iter(list(picks))
+    while batch := list(islice(values, size)):
         yield batch
 
 
@@ -214,9 +231,7 @@ def _any_row(ordered: QuerySet[Any]) -> bool:
     return bool(list(ordered.values_list("pk", flat=True)[:1]))
 
 
-def _update_returning(
-    queryset: QuerySet[Any], values: Mapping[str, Any], returning: tuple[str, ...]
-) -> list[tuple[Any, ...]]:
+def _update_returning(queryset: QuerySet[Any], values: Mapping[str, Any], returning: tuple[str, ...]) -> Rows:
     """`queryset.update(**values)`, returning `(pk, *returning)` of the rows it changed."""
     query = cast(UpdateQuery, queryset.query.chain(UpdateQuery))
     query.add_update_values(dict(values))
@@ -225,7 +240,7 @@ def _update_returning(
     return _execute_returning(queryset, sql, params, returning)
 
 
-def _delete_returning(queryset: QuerySet[Any]) -> list[tuple[Any, ...]]:
+def _delete_returning(queryset: QuerySet[Any]) -> Rows:
     """`queryset.delete()` for a model nothing cascades from, returning `(pk,)` of the deleted rows."""
     if not Collector(using=queryset.db, origin=queryset).can_fast_delete(queryset):
         raise ValueError(f"{queryset.model.__name__} has cascades or delete signals: use QuerySet.delete()")
@@ -234,9 +249,7 @@ def _delete_returning(queryset: QuerySet[Any]) -> list[tuple[Any, ...]]:
     return _execute_returning(queryset, sql, params, ())
 
 
-def _execute_returning(
-    queryset: QuerySet[Any], sql: str, params: Any, returning: tuple[str, ...]
-) -> list[tuple[Any, ...]]:
+def _execute_returning(queryset: QuerySet[Any], sql: str, params: Any, returning: tuple[str, ...]) -> Rows:
     if not sql:
         return []
     connection = connections[queryset.db]
