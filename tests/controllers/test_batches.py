@@ -6,10 +6,12 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.db.models import F
 
 from controlplane.agents.models import Agent, AgentHealth, AgentLease
 from controlplane.common.db import db_now
+from controlplane.common.secrets import issue_secret
 from reconcilers.queries.batches import delete_in_batches, update_in_batches
 from tests.controllers.conftest import count_queries, run_context
 
@@ -108,3 +110,47 @@ def test_delete_refuses_a_model_with_cascades(make_agent: MakeAgent) -> None:
     with pytest.raises(ValueError, match="cascades"):
         delete_in_batches(run_context("agent-health"), Agent.objects.all(), "last_seen_at", 10)
     assert Agent.objects.count() == 1
+
+
+@pytest.mark.postgres_only
+def test_a_batch_probes_its_picked_ids_instead_of_scanning_every_candidate(db: object) -> None:
+    """With `id IN (SELECT ... LIMIT n)` PostgreSQL hash-joins the subquery against every
+    row matching the outer condition, for every batch; the batch must be n key probes."""
+    now = db_now()
+    secret = issue_secret("cpa")
+    Agent.objects.bulk_create(
+        Agent(
+            name=f"plan-{i}",
+            is_platform_agent=True,
+            health=AgentHealth.ONLINE,
+            last_seen_at=now - timedelta(hours=2, seconds=i),
+            api_key_hash=f"{secret.hash[:-8]}{i:08d}",
+            api_key_prefix=secret.prefix,
+        )
+        for i in range(20_000)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE agents_agent")
+    statements: list[tuple[str, object]] = []
+
+    def keep_updates(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        if sql.startswith('UPDATE "agents_agent"'):
+            statements.append((sql, params))
+        return execute(sql, params, many, context)
+
+    stale = Agent.objects.filter(health=AgentHealth.ONLINE, last_seen_at__lt=now - timedelta(hours=1))
+    with connection.execute_wrapper(keep_updates):
+        count, _ = update_in_batches(  # batches as large as production's, where the plans part
+            run_context("agent-health"), stale, "last_seen_at", 5000, {"health": AgentHealth.OFFLINE}
+        )
+
+    assert count == 20_000
+    Agent.objects.update(health=AgentHealth.ONLINE)  # the first batch's candidates, for its plan
+    sql, params = statements[0]
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN {sql}", params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    # The IN form plans a Hash Semi Join over a scan of all 20,000 candidates here.
+    assert "Join" not in plan, plan
+    assert "Seq Scan" not in plan, plan
+    assert "Index Scan using agents_agent_pkey on agents_agent" in plan, plan
