@@ -11,15 +11,16 @@ already right (no write, no version bump, so claimers see no churn).
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 from django.db import connection
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 from pydantic import Field, field_validator
 
 from controlplane.commands.models import Command, CommandStatus
 from controlplane.tenants.models import Plan
-from reconcilers.queries.batches import keyset_rows
 from reconcilers.queries.expressions import expression_sql, wait_minutes_expression
 from reconcilers.runtime.contract import Controller, ControllerParams, ReconcileContext, ReconcileResult
 
@@ -28,6 +29,7 @@ PlanName = Literal["free", "team", "business", "enterprise"]
 PLAN_BASE_DEFAULT: dict[PlanName, int] = {"enterprise": 100, "business": 75, "team": 50, "free": 25}
 PLAN_BASE_MAX = 10_000
 PlanBase = Annotated[int, Field(ge=0, le=PLAN_BASE_MAX)]
+Position = tuple[datetime, int]  # (queued_at, id): where a batch of waiting jobs ends
 
 
 class QueuePriorityParams(ControllerParams):
@@ -69,52 +71,82 @@ class QueuePriorityController(Controller):
 
     def reconcile(self, ctx: ReconcileContext) -> ReconcileResult:
         params: QueuePriorityParams = ctx.params
+        # Tenants first seen after the depth snapshot wait for the next run (their jobs
+        # got the formula at enqueue); this keeps depth computed once per run.
         tenant_part = self._tenant_parts(params)
         wait_sql, wait_params = expression_sql(Command, wait_minutes_expression(ctx.now))
-        changed_total = 0
         changed_ids: list[int] = []
-        for rows in keyset_rows(waiting_platform_jobs(), "queued_at", BATCH_SIZE, fields=("tenant_id",)):
-            # Tenants first seen after the depth snapshot wait for the next run (their jobs
-            # got the formula at enqueue); this keeps depth computed once per run.
-            ids = [pk for pk, tenant_id in rows if tenant_id in tenant_part]
-            if not ids:
-                ctx.checkpoint()
-                continue
-            batch_parts = sorted({(t, tenant_part[t]) for _, t in rows if t in tenant_part})
+        after: Position | None = None
+        while tenant_part:
+            # A batch is a (queued_at, id) key range ending at the BATCH_SIZE-th waiting job:
+            # the jobs stay candidates after their write, so the walk resumes after the
+            # range, and the UPDATE takes the range itself (no id list through Python).
+            through = self._batch_end(after)
             with ctx.transaction():
-                batch_changed = self._reprioritize(ids, batch_parts, wait_sql, wait_params, params)
-            changed_total += len(batch_changed)
-            changed_ids.extend(batch_changed)
-        ctx.log_step("reprioritized", changed_total, changed_ids)
-        return self.result(reprioritized=changed_total)
+                changed_ids += self._reprioritize(after, through, tenant_part, wait_sql, wait_params, params)
+            if through is None:
+                break
+            after = through
+        ctx.log_step("reprioritized", len(changed_ids), changed_ids)
+        return self.result(reprioritized=len(changed_ids))
+
+    @staticmethod
+    def _batch_end(after: Position | None) -> Position | None:
+        """The key of the BATCH_SIZE-th waiting job after `after`; None when fewer remain."""
+        waiting = waiting_platform_jobs()
+        if after is not None:
+            queued_at, pk = after
+            # The redundant `queued_at >= ...` is the sargable bound that lets the index seek.
+            waiting = waiting.filter(
+                Q(queued_at__gt=queued_at) | Q(queued_at=queued_at, pk__gt=pk), queued_at__gte=queued_at
+            )
+        ends = waiting.order_by("queued_at", "pk").values_list("queued_at", "pk")[BATCH_SIZE - 1 : BATCH_SIZE]
+        return next(iter(ends), None)
 
     @staticmethod
     def _reprioritize(
-        ids: list[int],
-        parts: list[tuple[int, int]],
+        after: Position | None,
+        through: Position | None,
+        tenant_part: dict[int, int],
         wait_sql: str,
         wait_params: list[Any],
         params: QueuePriorityParams,
     ) -> list[int]:
-        """One UPDATE for a batch, joined to its tenants' (plan base + depth bonus): writes only
-        rows still pending and unclaimed whose value changes, and returns their ids."""
+        """One UPDATE for the waiting jobs in the key range (after, through], joined to their
+        tenant's plan base + depth bonus: writes only rows still pending and unclaimed whose
+        value changes, and returns their ids."""
         table = Command._meta.db_table
         priority = f"parts.part + {wait_sql} * %s"
         priority_params = [*wait_params, params.age_bonus_per_minute]
+        parts_sql, parts_params = _parts_relation(tenant_part)
+        where: list[str] = []
+        where_params: list[Any] = []
+        if after is not None:
+            where.append(f"({table}.queued_at, {table}.id) > (%s, %s) AND {table}.queued_at >= %s")
+            where_params += [after[0], after[1], after[0]]
+        if through is not None:
+            where.append(f"({table}.queued_at, {table}.id) <= (%s, %s) AND {table}.queued_at <= %s")
+            where_params += [through[0], through[1], through[0]]
         sql = (
-            f"WITH parts (tenant_id, part) AS (VALUES {', '.join(['(%s, %s)'] * len(parts))}) "
+            f"WITH parts (tenant_id, part) AS ({parts_sql}) "
             f"UPDATE {table} SET queue_priority = {priority}, version = {table}.version + 1 "
             f"FROM parts WHERE {table}.tenant_id = parts.tenant_id "
-            f"AND {table}.id IN ({', '.join(['%s'] * len(ids))}) "
             f"AND {table}.status = %s AND {table}.is_platform_job = %s AND {table}.agent_id IS NULL "
+            f"{''.join(f'AND {bound} ' for bound in where)}"
             f"AND {table}.queue_priority <> {priority} "
             f"RETURNING {table}.id"
         )
-        values = [value for pair in parts for value in pair]
         with connection.cursor() as cursor:
             cursor.execute(
                 sql,
-                [*values, *priority_params, *ids, CommandStatus.PENDING, True, *priority_params],
+                [
+                    *parts_params,
+                    *priority_params,
+                    CommandStatus.PENDING,
+                    True,
+                    *where_params,
+                    *priority_params,
+                ],
             )
             return [row[0] for row in cursor.fetchall()]
 
@@ -135,6 +167,17 @@ class QueuePriorityController(Controller):
     def config_warnings(self, params: ControllerParams) -> list[str]:
         assert isinstance(params, QueuePriorityParams)
         return fairness_warnings(params, _max_queue_minutes())
+
+
+def _parts_relation(tenant_part: dict[int, int]) -> tuple[str, list[Any]]:
+    """The (tenant_id, part) snapshot as a relation, in a fixed number of parameters (a
+    VALUES list would make every statement carry two per tenant)."""
+    if connection.vendor == "postgresql":
+        return "SELECT * FROM unnest(%s::bigint[], %s::integer[])", [
+            list(tenant_part),
+            list(tenant_part.values()),
+        ]
+    return "SELECT CAST(key AS INTEGER), value FROM json_each(%s)", [json.dumps(tenant_part)]
 
 
 def fairness_warnings(params: QueuePriorityParams, max_queue_minutes: int) -> list[str]:

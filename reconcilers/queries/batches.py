@@ -1,16 +1,12 @@
 """Batched writes through an index: every batch costs about the same as the first.
 
-Two shapes:
-
-- `keyset_rows` walks rows that stay candidates after they are written (queue-priority
-  rewrites a priority, the job stays queued). A keyset on (key, id) resumes exactly
-  where the last batch ended; OFFSET would rescan everything already passed.
-- `update_in_batches` / `delete_in_batches` serve writes that take a row out of the
-  candidate set (an agent marked offline is no longer an online agent). Each batch is
-  one statement that picks and writes at once,
-  `UPDATE t SET ... WHERE <condition> AND id IN (SELECT id ... ORDER BY key, id LIMIT n)
-  RETURNING id`, so the ids never travel to Python and back, and the next batch simply
-  picks again from the head of the index.
+`update_in_batches` / `delete_in_batches` serve writes that take a row out of the
+candidate set (an agent marked offline is no longer an online agent). Each batch is one
+statement that picks and writes at once,
+`UPDATE t SET ... WHERE <condition> AND id IN (SELECT id ... ORDER BY key, id LIMIT n)
+RETURNING id`, so the ids never travel to Python and back, and the next batch simply
+picks again from the head of the index. (A write that leaves its rows candidates, as
+queue-priority's, walks key ranges instead: see that controller.)
 
 On PostgreSQL the picked ids are matched with `id = ANY(ARRAY(SELECT ... LIMIT n))`, not
 `id IN (SELECT ...)`: the planner cannot tell that the subquery yields only n rows, so
@@ -26,39 +22,13 @@ from itertools import islice
 from typing import Any, cast
 
 from django.db import connections
-from django.db.models import F, Lookup, Q, QuerySet
+from django.db.models import F, Lookup, QuerySet
 from django.db.models.deletion import Collector
 from django.db.models.sql import DeleteQuery, UpdateQuery
 
 from reconcilers.runtime.contract import ReconcileContext
 
 Rows = list[tuple[Any, ...]]  # what a batched write returns: (pk, *returning) per changed row
-
-
-def keyset_rows(
-    queryset: QuerySet[Any], key: str, size: int, *, fields: tuple[str, ...] = ()
-) -> Iterator[list[tuple[Any, ...]]]:
-    """Yield lists of at most `size` rows `(pk, *fields)` of `queryset`, in (key, id) order
-    (`key` is NOT NULL).
-
-    The caller writes each batch (re-checking its condition in the WHERE clause) before
-    asking for the next one; rows already passed are never read again.
-    """
-    position: tuple[Any, int] | None = None
-    while True:
-        page = queryset
-        if position is not None:
-            value, pk = position
-            # The redundant `key >= value` is the sargable bound that lets the index seek.
-            page = page.filter(
-                Q(**{f"{key}__gt": value}) | Q(**{key: value, "pk__gt": pk}), **{f"{key}__gte": value}
-            )
-        keyed = list(page.order_by(key, "pk").values_list(key, "pk", *fields)[:size])
-        if keyed:
-            yield [row[1:] for row in keyed]
-            position = (keyed[-1][0], keyed[-1][1])
-        if len(keyed) < size:
-            return
 
 
 def update_in_batches(
