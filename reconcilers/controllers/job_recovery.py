@@ -93,6 +93,14 @@ class JobRecoveryController(Controller):
         attempts_left = Q(dispatch_attempts__lt=params.max_retries)
         # The stuck trigger's `acknowledged_at < cutoff OR NULL` is no index range; its bound is.
         key_bounds = {"recovered_stuck": now - timedelta(minutes=params.stuck_threshold_minutes)}
+        # Found from the few unhealthy agents (one hashed list) rather than by probing the
+        # holder of every active job; each UPDATE still re-checks the holder per row.
+        unhealthy = Agent.objects.exclude(health=AgentHealth.ONLINE, status=AgentStatus.ACTIVE)
+        picks = {
+            "recovered_holder_offline": Command.objects.filter(status__in=ACTIVE_STATUSES).filter(
+                Q(agent_id=None) | Q(agent_id__in=unhealthy.values("pk"))
+            )
+        }
         failed_ids: list[int] = []
         for step, reason, why in requeues:
             requeue = requeue_values(at=now, reason=reason, message=f"{why}; requeued")
@@ -105,6 +113,7 @@ class JobRecoveryController(Controller):
                 returning=("status",),
                 nulls_first=True,
                 key_below=key_bounds.get(step),
+                picked_from=picks.get(step),
                 # Jobs of an offline holder are scattered among the healthy active jobs.
                 sparse=step == "recovered_holder_offline",
             )
