@@ -121,12 +121,15 @@ class QueuePriorityController(Controller):
         parts_sql, parts_params = _parts_relation(tenant_part)
         where: list[str] = []
         where_params: list[Any] = []
-        if after is not None:
-            where.append(f"({table}.queued_at, {table}.id) > (%s, %s) AND {table}.queued_at >= %s")
-            where_params += [after[0], after[1], after[0]]
-        if through is not None:
-            where.append(f"({table}.queued_at, {table}.id) <= (%s, %s) AND {table}.queued_at <= %s")
-            where_params += [through[0], through[1], through[0]]
+        for bound, comparison in ((after, ">"), (through, "<=")):
+            if bound is not None:
+                # As the ORM stores it (SQLite compares text: naive UTC, not isoformat).
+                queued_at = connection.ops.adapt_datetimefield_value(bound[0])
+                where.append(
+                    f"({table}.queued_at, {table}.id) {comparison} (%s, %s) "
+                    f"AND {table}.queued_at {comparison[0]}= %s"
+                )
+                where_params += [queued_at, bound[1], queued_at]
         sql = (
             f"WITH parts (tenant_id, part) AS ({parts_sql}) "
             f"UPDATE {table} SET queue_priority = {priority}, version = {table}.version + 1 "
