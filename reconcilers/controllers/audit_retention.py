@@ -3,11 +3,12 @@
 Compliance-critical, so it is conservative: a retention below one day is refused at
 config time and again at run time (never "delete everything"); each batch is its own
 short transaction; with `archive_dir` set, a batch's rows are on disk (fsynced, renamed
-into place) before its delete commits. Batches run in id order (the table is
-append-only, so that is insertion order) and are deleted by id range; a range is cut
-short before any younger row inside it, so rows inserted out of time order are never
-deleted early. One `audit.retention.purged` row records each purge; it is not counted
-in `items`. Dry runs write no file and delete nothing (the runtime rolls them back).
+into place) before its delete commits, and the archive is written from the rows the
+DELETE returned, so it holds exactly what was deleted. Batches run in id order (the
+table is append-only, so that is insertion order) and are deleted by id range; the
+DELETE re-checks the age of every row in the range, so a row inserted out of time order
+is never deleted early. One `audit.retention.purged` row records each purge; it is not
+counted in `items`. Dry runs write no file and delete nothing (the runtime rolls them back).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import gzip
 import json
 import os
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -68,6 +69,10 @@ def archive_file_name(first_id: int, last_id: int) -> str:
     return f"audit-{first_id:012d}-{last_id:012d}.jsonl.gz"
 
 
+def _archived(row: AuditLog) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in ARCHIVE_FIELDS}
+
+
 def archive_write(folder: Path, rows: list[dict[str, Any]]) -> str:
     """Write rows to `audit-<first>-<last>.jsonl.gz` atomically and durably; return the name.
 
@@ -112,16 +117,15 @@ class AuditRetentionController(Controller):
         position = 0
         while True:
             with ctx.transaction():
-                span = self._next_span(old_logs, position, params.batch_size, cutoff)
-                if span is not None:
-                    if archive and not ctx.dry_run:
-                        rows = list(
-                            AuditLog.objects.filter(id__gte=span.first, id__lte=span.last)
-                            .order_by("id")
-                            .values(*ARCHIVE_FIELDS)
-                        )
-                        files.append(archive_write(archive, rows))
-                    deleted += AuditLog.objects.retention_delete_id_range(span.first, span.last)
+                span = self._next_span(old_logs, position, params.batch_size)
+                if span is not None and archive and not ctx.dry_run:
+                    # Deleted and returned by one statement, archived before the commit
+                    # (a failed write rolls the delete back).
+                    rows = old_logs.retention_delete_id_range_rows(span.first, span.last)
+                    files.append(archive_write(archive, [_archived(row) for row in rows]))
+                    deleted += len(rows)
+                elif span is not None:
+                    deleted += old_logs.retention_delete_id_range(span.first, span.last)
             if span is None:
                 break
             batches += 1
@@ -148,25 +152,14 @@ class AuditRetentionController(Controller):
         return self.result(deleted=deleted)
 
     @staticmethod
-    def _next_span(old_logs: QuerySet[AuditLog], position: int, size: int, cutoff: datetime) -> Span | None:
-        """The id range of the next batch: the next `size` old rows after `position`, cut
-        just before the first younger row inside it (ids follow insertion, not created_at:
-        a backdated import can put a young row among old ones). Two small queries that
-        return bounds, never the rows themselves."""
+    def _next_span(old_logs: QuerySet[AuditLog], position: int, size: int) -> Span | None:
+        """The id range of the next `size` old rows after `position`: one small query that
+        returns bounds, never the rows themselves."""
         page = old_logs.filter(id__gt=position).order_by("id").values("id")[:size]
         bounds = page.aggregate(first=Min("id"), last=Max("id"), count=Count("id"))
         if not bounds["count"]:
             return None
-        first, last = bounds["first"], bounds["last"]
-        young = (
-            AuditLog.objects.filter(id__gt=first, id__lt=last, created_at__gte=cutoff)
-            .order_by("id")
-            .values_list("id", flat=True)
-            .first()
-        )
-        if young is not None:
-            return Span(first=first, last=young - 1, last_batch=False)
-        return Span(first=first, last=last, last_batch=bounds["count"] < size)
+        return Span(first=bounds["first"], last=bounds["last"], last_batch=bounds["count"] < size)
 
     @staticmethod
     def _archive_folder(archive_dir: str | None) -> Path | None:
