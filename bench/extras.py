@@ -43,8 +43,8 @@ def writeback_settle() -> None:
     checkpointer writes back over the next few minutes (checkpoint_completion_target).
     Every commit made meanwhile waits for its WAL flush behind that write-back, so a
     latency figure taken then measures the benchmark's own previous phase, not the code
-    under test. A CHECKPOINT writes it all now (superuser or pg_checkpoint; without the
-    privilege the figures are taken as they come and the report says so).
+    under test. A CHECKPOINT writes it all now (it needs superuser or pg_checkpoint, as
+    the benchmark's own database user has).
     """
     with connection.cursor() as cursor:
         cursor.execute("CHECKPOINT")

@@ -93,14 +93,7 @@ class JobRecoveryController(Controller):
         attempts_left = Q(dispatch_attempts__lt=params.max_retries)
         # The stuck trigger's `acknowledged_at < cutoff OR NULL` is no index range; its bound is.
         key_bounds = {"recovered_stuck": now - timedelta(minutes=params.stuck_threshold_minutes)}
-        # Found from the few unhealthy agents (one hashed list) rather than by probing the
-        # holder of every active job; each UPDATE still re-checks the holder per row.
-        unhealthy = Agent.objects.exclude(health=AgentHealth.ONLINE, status=AgentStatus.ACTIVE)
-        picks = {
-            "recovered_holder_offline": Command.objects.filter(status__in=ACTIVE_STATUSES).filter(
-                Q(agent_id=None) | Q(agent_id__in=unhealthy.values("pk"))
-            )
-        }
+        picks = {"recovered_holder_offline": self._holder_offline_picks()}
         failed_ids: list[int] = []
         for step, reason, why in requeues:
             requeue = requeue_values(at=now, reason=reason, message=f"{why}; requeued")
@@ -195,6 +188,16 @@ class JobRecoveryController(Controller):
                 acknowledged_at__lt=tenant_cutoff,
             ),
         }
+
+    @staticmethod
+    def _holder_offline_picks() -> QuerySet[Command]:
+        """The holder-offline trigger's jobs, found from the few unhealthy agents (one hashed
+        list) rather than by probing the holder of every active job. Same condition as the
+        trigger's NOT EXISTS; each UPDATE still re-checks that per row."""
+        unhealthy = Agent.objects.exclude(health=AgentHealth.ONLINE, status=AgentStatus.ACTIVE)
+        return Command.objects.filter(status__in=ACTIVE_STATUSES).filter(
+            Q(agent_id=None) | Q(agent_id__in=unhealthy.values("pk"))
+        )
 
     def config_warnings(self, params: ControllerParams) -> list[str]:
         assert isinstance(params, JobRecoveryParams)
