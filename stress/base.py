@@ -126,5 +126,19 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
         time.sleep(interval)
 
 
+TRACEBACK_HEADER = "Traceback (most recent call last)"
+TRACEBACK_EXCERPT_LINES = 40
+
+
 def traceback_count(text: str) -> int:
-    return text.count("Traceback (most recent call last)")
+    return text.count(TRACEBACK_HEADER)
+
+
+def first_traceback(text: str) -> str:
+    """The log from the line before the first traceback (the message that logged it), so a
+    failed scenario says what was raised, not only how often; "" when there is none."""
+    at = text.find(TRACEBACK_HEADER)
+    if at < 0:
+        return ""
+    lines = text[:at].splitlines()[-1:] + text[at:].splitlines()
+    return "\n".join(lines[:TRACEBACK_EXCERPT_LINES])

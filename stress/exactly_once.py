@@ -41,6 +41,7 @@ from stress.base import (
     StressEnv,
     configure,
     data_reset,
+    first_traceback,
     traceback_count,
 )
 from stress.procs import REPO_ROOT, ProcessSet, RedisServer
@@ -301,7 +302,14 @@ def _evaluate(
         for r in errors[:10]
     ]
     report.violations += [f"forced CLI run: {b}" for b in racer.bad_exits[:10]]
-    report.check(not any(tracebacks.values()), f"tracebacks in process logs: {tracebacks}")
+    if any(tracebacks.values()):
+        label = next(label for label, count in tracebacks.items() if count)
+        first = first_traceback(next(p.log_text() for p in procs.procs if p.label == label))
+        report.violations.append(f"tracebacks in process logs: {tracebacks}; the first, in {label}:\n{first}")
+    report.check(
+        all(code == 0 for code in codes.values()),
+        f"not every process exited 0 on SIGTERM (a hung one is SIGKILLed): {codes}",
+    )
     report.check(producer.counts["errors"] == 0, f"producer errors: {producer.counts['errors']}")
     for name, interval in INTERVALS.items():
         due = elapsed / interval

@@ -26,7 +26,7 @@ from controlplane.common.db import db_now
 from reconcilers.models import ReconcileRun, RunOutcome, RunReason
 from reconcilers.runtime.fencing import fence_current
 from stress import checks, db
-from stress.base import Report, StressEnv, configure, data_reset, traceback_count, wait_until
+from stress.base import Report, StressEnv, configure, data_reset, first_traceback, traceback_count, wait_until
 from stress.kill import (
     BATCH_SIZE,
     RETENTION_DAYS,
@@ -105,7 +105,8 @@ def run(env: StressEnv, *, outage_seconds: float = 10.0, settle_seconds: float =
         redis_server.stop()
         db.slow_deletes_uninstall()
     runs = checks.runs_load(since, INTERVALS)
-    tracebacks = traceback_count(manager.log_text()) if manager else 0
+    log_text = manager.log_text() if manager else ""
+    tracebacks = traceback_count(log_text)
     report.figures.update(
         {
             "runs": checks.outcome_counts(runs),
@@ -115,7 +116,11 @@ def run(env: StressEnv, *, outage_seconds: float = 10.0, settle_seconds: float =
         }
     )
     report.check(report.figures["runcontrollers_exit_code"] == 0, "runcontrollers did not exit 0 on SIGTERM")
-    report.check(tracebacks == 0, f"{tracebacks} tracebacks in the runcontrollers log (an exception escaped)")
+    report.check(
+        tracebacks == 0,
+        f"{tracebacks} tracebacks in the runcontrollers log (an exception escaped); the first:\n"
+        f"{first_traceback(log_text)}",
+    )
     report.check(report.figures["overlaps"] == 0, "overlapping successful runs")
     return report
 

@@ -127,3 +127,23 @@ def test_write_audit_reports_unfenced_and_stale_controller_writes(make_agent: An
     assert clean.write_transactions == 1
     assert len(dirty.unfenced_transactions) == 1
     assert dirty.stale_commits == [("probe", 1, 2)]
+
+
+def test_first_traceback_quotes_the_line_that_logged_it_and_what_follows() -> None:
+    from stress.base import first_traceback, traceback_count
+
+    log = (
+        "[INFO] beat: Starting...\n"
+        "[ERROR] Database error while sync: OperationalError('gone')\n"
+        "Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in sync\n'
+        "psycopg.OperationalError: gone\n"
+        "[ERROR] again\n"
+        "Traceback (most recent call last):\n"
+        "KeyError: 'second'\n"
+    )
+    first = first_traceback(log)
+    assert traceback_count(log) == 2
+    assert first.startswith("[ERROR] Database error while sync")
+    assert "psycopg.OperationalError: gone" in first
+    assert first_traceback("[INFO] all well\n") == ""
