@@ -1,7 +1,8 @@
 """Hooks that keep config and beat rows in place and make worker metrics scrapeable.
 
 - post_migrate: create missing config rows, beat rows and the pause switch (idempotent).
-- beat_init: repair beat rows edited by hand before beat reads them.
+- beat_init: repair beat rows edited by hand before beat reads them, and replace Celery's
+  SIGTERM/SIGINT handler with one that does no database work (see beat_stop_handler).
 - celeryd_init (the worker's main process, before it forks): reset the per-host
   multiprocess metrics directory and serve the aggregate on settings.WORKER_METRICS_PORT.
 - worker_process_shutdown: mark a prefork child dead so its live gauges drop out.
@@ -13,8 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+from types import FrameType
 from typing import Any
 
+from celery import beat, platforms
 from celery.signals import beat_init, before_task_publish, celeryd_init, worker_process_shutdown
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError
@@ -36,10 +40,40 @@ def on_post_migrate(sender: Any, using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -
 def on_beat_init(sender: Any = None, **kwargs: Any) -> None:
     from reconcilers.schedule import schedule_sync
 
+    if isinstance(sender, beat.Service) and _is_celery_beat_sync_handler(signal.getsignal(signal.SIGTERM)):
+        platforms.signals.update(SIGTERM=beat_stop_handler(sender), SIGINT=beat_stop_handler(sender))
     try:
         schedule_sync()
     except DatabaseError:
         log.exception("beat start: could not repair the reconciler schedule")
+
+
+def beat_stop_handler(service: beat.Service) -> Any:
+    """A SIGTERM/SIGINT handler for beat that stops it without touching the database.
+
+    Celery's own handler saves the schedule from inside the signal handler. A signal lands
+    between any two bytecodes of the main thread: mid-query, that save waits forever on the
+    psycopg connection lock the interrupted query holds; inside a transaction, it closes the
+    connection under it. Here the handler only asks the loop to stop, and raises SystemExit
+    at once only when beat is idle in its own loop (sleeping between ticks); the loop's
+    `finally` then saves the schedule on the main thread, with nothing in flight. A busy
+    beat finishes its tick and stops after the sleep that follows (at most the scheduler's
+    max interval, 5 s by default).
+    """
+    idle_code = beat.Service.start.__code__
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        service.stop()
+        if frame is not None and frame.f_code is idle_code:
+            raise SystemExit()
+
+    return stop
+
+
+def _is_celery_beat_sync_handler(handler: Any) -> bool:
+    """True for the handler `celery beat` installs (not for a beat embedded in a worker,
+    whose signals belong to the worker)."""
+    return getattr(handler, "__qualname__", "") == "Beat.install_sync_handler.<locals>._sync"
 
 
 @celeryd_init.connect
