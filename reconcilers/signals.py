@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from types import FrameType
 from typing import Any
 
@@ -40,15 +41,21 @@ def on_post_migrate(sender: Any, using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -
 def on_beat_init(sender: Any = None, **kwargs: Any) -> None:
     from reconcilers.schedule import schedule_sync
 
-    if isinstance(sender, beat.Service) and _is_celery_beat_sync_handler(signal.getsignal(signal.SIGTERM)):
-        platforms.signals.update(SIGTERM=beat_stop_handler(sender), SIGINT=beat_stop_handler(sender))
+    stop_flag = getattr(sender, "_is_shutdown", None)  # what Service.stop sets; the loop polls it
+    if (
+        isinstance(sender, beat.Service)
+        and isinstance(stop_flag, threading.Event)
+        and _is_celery_beat_sync_handler(signal.getsignal(signal.SIGTERM))
+    ):
+        handler = beat_stop_handler(sender, stop_flag)
+        platforms.signals.update(SIGTERM=handler, SIGINT=handler)
     try:
         schedule_sync()
     except DatabaseError:
         log.exception("beat start: could not repair the reconciler schedule")
 
 
-def beat_stop_handler(service: beat.Service) -> Any:
+def beat_stop_handler(service: beat.Service, stop_flag: threading.Event) -> Any:
     """A SIGTERM/SIGINT handler for beat that stops it without touching the database.
 
     Celery's own handler saves the schedule from inside the signal handler. A signal lands
@@ -63,9 +70,12 @@ def beat_stop_handler(service: beat.Service) -> Any:
     idle_code = beat.Service.start.__code__
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        service.stop()
         if frame is not None and frame.f_code is idle_code:
+            service.stop()  # logs "beat: Shutting down..."
             raise SystemExit()
+        # Busy: set the flag Service.stop sets, without its log line, since the interrupted
+        # code may be mid-write to the same stream (a nested write raises RuntimeError).
+        stop_flag.set()
 
     return stop
 
