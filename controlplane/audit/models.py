@@ -23,17 +23,20 @@ class AuditLogQuerySet(models.QuerySet["AuditLog"]):
         """Delete this queryset's rows with first_id <= id <= last_id in one statement;
         audit-retention only. Returns how many it deleted."""
         # _raw_delete: one DELETE statement, no collector fetching every row first.
-        batch = self.filter(id__gte=first_id, id__lte=last_id)
+        batch = self._id_range(first_id, last_id)
         return int(batch._raw_delete(batch.db))
 
     def retention_delete_id_range_rows(self, first_id: int, last_id: int) -> list[AuditLog]:
         """`retention_delete_id_range`, returning the deleted rows in id order (DELETE ...
         RETURNING): an archive written from them holds exactly what the statement deleted."""
-        batch = self.filter(id__gte=first_id, id__lte=last_id)
+        batch = self._id_range(first_id, last_id)
         connection = connections[batch.db]
         sql, params = batch.query.chain(DeleteQuery).get_compiler(batch.db).as_sql()
         columns = ", ".join(connection.ops.quote_name(f.column) for f in AuditLog._meta.concrete_fields)
         return sorted(self.raw(f"{sql} RETURNING {columns}", params), key=lambda row: row.pk)
+
+    def _id_range(self, first_id: int, last_id: int) -> AuditLogQuerySet:
+        return self.filter(id__gte=first_id, id__lte=last_id)
 
 
 class AuditLog(models.Model):

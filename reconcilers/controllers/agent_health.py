@@ -78,26 +78,27 @@ class AgentHealthController(Controller):
         params: AgentHealthParams = ctx.params
         now = ctx.now
         online = Agent.objects.filter(health=AgentHealth.ONLINE)
-        stale = online.filter(self._stale_condition(now, params))
+        stale_cutoff = now - timedelta(seconds=params.stale_timeout_seconds)
+        lease_cutoff = self._lease_recent_cutoff(now, params)
+        stale = online.filter(self._not_seen_since(stale_cutoff))
         # The lease lives in another table, which PostgreSQL does not re-read when a
         # concurrent heartbeat updates the agent row; the agent's own last_seen_at (the
         # heartbeat writes it together with the lease) is what keeps such an agent online.
         # So the expired lease is found when the batch is picked, and the UPDATE re-checks
         # last_seen_at on the agent row.
-        not_seen_lately = online.filter(self._not_seen_since(self._lease_recent_cutoff(now, params)))
+        not_seen_lately = online.filter(self._not_seen_since(lease_cutoff))
 
         # Expired leases of online agents not seen lately: step 2's agents, found from the
         # leases' renew_time index (expired leases are few, online agents are many).
         lease_picks = (
             expired_leases(now, params.lease_grace_seconds)
             .filter(agent__health=AgentHealth.ONLINE)
-            .filter(self._not_seen_since(self._lease_recent_cutoff(now, params), "agent__"))
+            .filter(self._not_seen_since(lease_cutoff, "agent__"))
         )
 
         flags = {"brake_engaged": False, "brake_overridden": False}
         # Two index walks that never overlap (stale agents; expired leases of agents that are
         # not stale), instead of a scan of the whole fleet probing a lease per agent.
-        stale_cutoff = now - timedelta(seconds=params.stale_timeout_seconds)
         would_go = stale.count() + lease_picks.filter(agent__last_seen_at__gte=stale_cutoff).count()
         if self._brake_holds(would_go, online, params):
             if not ctx.ignore_brake:
@@ -147,10 +148,6 @@ class AgentHealthController(Controller):
         return self.result(
             stale_offline=stale_count, lease_offline=lease_count, leases_deleted=deleted, flags=flags
         )
-
-    @staticmethod
-    def _stale_condition(now: datetime, params: AgentHealthParams) -> Q:
-        return AgentHealthController._not_seen_since(now - timedelta(seconds=params.stale_timeout_seconds))
 
     @staticmethod
     def _lease_recent_cutoff(now: datetime, params: AgentHealthParams) -> datetime:
