@@ -261,7 +261,8 @@ def _evaluate(
     for r in runs:
         if r.outcome == RunOutcome.SKIPPED:
             skipped[r.reason] = skipped.get(r.reason, 0) + 1
-    tracebacks = {p.label: traceback_count(p.log_text()) for p in procs.procs}
+    logs = {p.label: p.log_text() for p in procs.procs}
+    tracebacks = {label: traceback_count(text) for label, text in logs.items()}
     report.figures.update(
         {
             "duration_s": round(elapsed, 1),
@@ -304,7 +305,7 @@ def _evaluate(
     report.violations += [f"forced CLI run: {b}" for b in racer.bad_exits[:10]]
     if any(tracebacks.values()):
         label = next(label for label, count in tracebacks.items() if count)
-        first = first_traceback(next(p.log_text() for p in procs.procs if p.label == label))
+        first = first_traceback(logs[label])
         report.violations.append(f"tracebacks in process logs: {tracebacks}; the first, in {label}:\n{first}")
     report.check(
         all(code == 0 for code in codes.values()),

@@ -24,7 +24,7 @@ from django.test import override_settings
 
 from controlplane.celery import app
 from stress import db
-from stress.base import StressEnv, configure, first_traceback, traceback_count
+from stress.base import StressEnv, configure, first_traceback, traceback_count, wait_until
 from stress.procs import ProcessSet, RedisServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -146,12 +146,12 @@ def test_sigterm_while_a_beat_query_waits_on_a_lock_neither_deadlocks_nor_logs_a
     try:
         redis_server.start()
         proc = procs.celery_beat("beat")
-        assert wait_for(lambda: "Sending due task" in proc.log_text(), 30), proc.log_text()
+        assert wait_until(lambda: "Sending due task" in proc.log_text(), 30), proc.log_text()
         # Every tick beat reads django_celery_beat_periodictasks (has the schedule changed?);
         # with the table locked that read waits, holding the psycopg connection's lock.
         locker.execute("BEGIN")
         locker.execute("LOCK TABLE django_celery_beat_periodictasks IN ACCESS EXCLUSIVE MODE")
-        assert wait_for(lambda: lock_waiters(locker) > 0, 30), "beat never queried the locked table"
+        assert wait_until(lambda: lock_waiters(locker) > 0, 30), "beat never queried the locked table"
         os.kill(proc.pid, signal.SIGTERM)
         time.sleep(1.0)  # the handler has run, mid-query
         locker.execute("ROLLBACK")
@@ -166,15 +166,6 @@ def test_sigterm_while_a_beat_query_waits_on_a_lock_neither_deadlocks_nor_logs_a
         locker.close()
         procs.stop_all()
         redis_server.stop()
-
-
-def wait_for(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def lock_waiters(locker: psycopg.Connection[Any]) -> int:
