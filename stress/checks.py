@@ -3,7 +3,7 @@
 Per controller, over successful real (not dry) runs:
 - `overlaps`: time ranges [started_at, finished_at] never overlap (one holder at a time);
 - `too_close_starts`: two consecutive starts are at least `fraction` of the interval
-  apart unless the later one was forced (the too-soon guard, SPEC section 4);
+  apart unless the later one was forced (the too-soon guard, design.md §4.5);
 - `fence_regressions`: the fencing token strictly increases with the start time, and no
   token is used by two runs that got past the lock.
 """

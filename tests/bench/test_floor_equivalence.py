@@ -1,8 +1,8 @@
 """The benchmark's floor SQL and each controller make the same change on the same data.
 
 This keeps the benchmark honest (the floor is the same work, not less) and cross-checks
-every controller against an independent one-statement-per-step formulation of SPEC
-section 5, on the benchmark generator's mixed data.
+every controller against an independent one-statement-per-step formulation of design.md
+§5, on the benchmark generator's mixed data.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from bench.floors import FLOORS
 from bench.generate import TABLES_FOR, Sizes, bench_configure, generate
 from controlplane.common.db import db_now
-from reconcilers.runtime.runner import run_controller
+from reconcilers.services import run_controller
 
 TINY = Sizes(agents=2000, commands=2000, pending_platform_jobs=400, tokens=400, audit_logs=1000)
 

@@ -18,7 +18,7 @@ RULES = ROOT / "deploy/prometheus/alerts.yml"
 RULES_TEST = ROOT / "deploy/prometheus/alerts_test.yml"
 DASHBOARD = ROOT / "deploy/grafana/controlplane-dashboard.json"
 METRIC_NAME = re.compile(r"\bcontrolplane_[a-z_]+")
-# SPEC section 4: what the alerts must cover.
+# design.md §4.12: what the alerts must cover.
 REQUIRED_ALERTS = {
     "ControllerNoRecentSuccess",
     "ControllerErrorRatioHigh",

@@ -1,6 +1,6 @@
 """Bad input, property-based: config validation, the `reconcile` CLI and the agent API.
 
-Each property has an oracle written from SPEC section 6 and 7, not from the code: a value
+Each property has an oracle written from design.md §6 and §9, not from the code: a value
 is valid when it has the documented JSON type and lies in the documented range. Invalid
 input must get a clear error naming what is wrong, and change nothing (rows, versions,
 audit log, run history); valid input must be accepted. Runs on PostgreSQL and SQLite.
@@ -71,7 +71,7 @@ def int_values(low: int, high: int) -> st.SearchStrategy[Any]:
     )
 
 
-# The documented ranges (SPEC section 6) per params key: (kind, low, high).
+# The documented ranges (design.md §6) per params key: (kind, low, high).
 PARAM_RANGES: dict[str, dict[str, tuple[str, float, float]]] = {
     "agent-health": {
         "stale_timeout_seconds": ("int", -1, 86400),  # low bound from the setting, see _param_range
