@@ -1,4 +1,7 @@
-"""Runtime and protocol figures: runner overhead, claim latency, heartbeat throughput over HTTP."""
+"""Runtime and protocol figures: runner overhead, claim latency, heartbeat throughput over HTTP.
+
+Imports of Django models sit inside functions: this tool runs django.setup() first.
+"""
 
 from __future__ import annotations
 
@@ -53,8 +56,8 @@ def writeback_settle() -> None:
 def runner_overhead_ms() -> float:
     """Median wall time of a no-op reconcile through lock, fence, metrics and run history."""
     from reconcilers.runtime.contract import Controller, ReconcileContext, ReconcileResult
-    from reconcilers.runtime.runner import run_controller
-    from reconcilers.runtime.testing import controllers_installed
+    from reconcilers.services import run_controller
+    from reconcilers.testing import controllers_installed
 
     class NoOp(Controller):
         name: ClassVar[str] = "bench-noop"

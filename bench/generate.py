@@ -7,6 +7,8 @@ every count proportionally (0.01 gives the 10k-row smoke size).
 
 The anchor time `now` is passed in, so every trial on a copy of the data sees the same
 ages relative to the database clock it reads (the copies are taken right before a run).
+
+Imports of Django models sit inside functions: this tool runs django.setup() first.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ runner (lock, fence, metrics, history) in its own process (for a clean peak RSS)
 data is generated again and the floor SQL runs on it. The naive loop runs on a sample and
 is extrapolated to the controller's row count. Extra measurements (runner overhead, claim
 latency, heartbeat throughput) live in bench/extras.py.
+
+Imports of Django models sit inside functions: this tool runs django.setup() first.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 A separate process so that peak RSS (ru_maxrss) belongs to this run alone. Prints one
 JSON object: wall time, steps, peak and baseline RSS.
+
+Imports of Django models sit inside functions: this tool runs django.setup() first.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ def main() -> None:
 
     django.setup()
     from bench.generate import bench_configure
-    from reconcilers.runtime.runner import run_controller
+    from reconcilers.services import run_controller
 
     name = sys.argv[1]
     bench_configure(name)

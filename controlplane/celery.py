@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from celery import Celery
+from django.conf import settings
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
 
@@ -20,8 +21,6 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **extra: Any) -> Any:
     """Route every reconciler task to the reconcilers queue (read at send time)."""
     if name.startswith("reconcilers."):
-        from django.conf import settings
-
         return {"queue": settings.RECONCILERS_QUEUE}
     return None
 

@@ -128,6 +128,7 @@ INSTALLED_APPS = [
     "controlplane.audit",
     "controlplane.api",
     "reconcilers",
+    "controlplane.demo",  # after the apps whose admin it extends
 ]
 
 MIDDLEWARE = [

@@ -1,4 +1,5 @@
-"""Admin for the reconcilers: tune configs (through config_update), run now, history, global pause.
+"""Admin for the reconcilers (design.md §7): tune configs (through config_update), run now, history,
+global pause.
 
 Every write goes through `reconcilers.services`: the form validates with the same rules
 as the service (errors name the field, nothing is saved), saves are conditional on the
@@ -18,9 +19,10 @@ from django.http import HttpRequest
 from django_celery_beat.admin import PeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
 
-from controlplane.audit.services import actor_for_user
-from reconcilers.models import ReconcilerConfig, ReconcileRun, RuntimeSwitch
-from reconcilers.runtime.runner import RunSummary, run_controller
+from controlplane.common.actors import actor_for_user
+from controlplane.common.operator_admin import VersionedChangeForm
+from reconcilers.models import GlobalPause, ReconcilerConfig, ReconcileRun
+from reconcilers.runtime.summary import RunSummary
 from reconcilers.schedule import TASK_PREFIX
 from reconcilers.services import (
     ConfigConflictError,
@@ -29,15 +31,16 @@ from reconcilers.services import (
     config_validate,
     config_warnings,
     pause_set,
+    run_controller,
 )
 
 EDITABLE_FIELDS = ("enabled", "interval_seconds", "dry_run", "run_timeout_seconds", "params")
 
 
-class ReconcilerConfigForm(forms.ModelForm):
-    """Validates exactly like config_update; the optimistic version travels in a hidden field."""
+class ReconcilerConfigForm(VersionedChangeForm):
+    """Validates exactly like config_update; the version it was loaded with travels in a
+    hidden field and a stale save is refused (VersionedChangeForm)."""
 
-    expected_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
     params = forms.JSONField(
         required=False,
         widget=forms.Textarea(attrs={"rows": 10, "cols": 60}),
@@ -50,8 +53,6 @@ class ReconcilerConfigForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.instance.pk and "expected_version" in self.fields:
-            self.fields["expected_version"].initial = self.instance.version
         # Range checks are the service's (one message naming the field, not a constraint name).
         for name in ("interval_seconds", "run_timeout_seconds"):
             field = self.fields.get(name)
@@ -75,16 +76,10 @@ class ReconcilerConfigForm(forms.ModelForm):
         if self.errors:
             return data
         try:
-            config_validate(self.instance.name, self.changes())
+            config_validate(self.instance.controller, self.changes())
         except ConfigValidationError as exc:
             field = exc.field.split(".", 1)[0]
             self.add_error(field if field in self.fields else None, str(exc))
-        expected = data.get("expected_version")
-        current = (
-            ReconcilerConfig.objects.filter(pk=self.instance.pk).values_list("version", flat=True).first()
-        )
-        if expected is not None and current is not None and expected != current:
-            self.add_error(None, "This config changed since you opened it; reload the page and retry.")
         return data
 
     def _post_clean(self) -> None:
@@ -94,7 +89,7 @@ class ReconcilerConfigForm(forms.ModelForm):
 
 
 def _latest_run(field: str) -> Subquery:
-    runs = ReconcileRun.objects.filter(controller=OuterRef("name")).order_by("-started_at", "-id")
+    runs = ReconcileRun.objects.filter(controller=OuterRef("controller")).order_by("-started_at", "-id")
     return Subquery(runs.values(field)[:1])
 
 
@@ -102,7 +97,7 @@ def _latest_run(field: str) -> Subquery:
 class ReconcilerConfigAdmin(admin.ModelAdmin):
     form = ReconcilerConfigForm
     list_display = (
-        "name",
+        "controller",
         "enabled",
         "interval_seconds",
         "dry_run",
@@ -110,11 +105,11 @@ class ReconcilerConfigAdmin(admin.ModelAdmin):
         "last_outcome",
         "last_items",
     )
-    list_display_links = ("name",)
-    readonly_fields = ("name", "version", "updated_at")
-    fields = ("name", *EDITABLE_FIELDS, "expected_version", "version", "updated_at")
+    list_display_links = ("controller",)
+    readonly_fields = ("controller", "version", "updated_at")
+    fields = ("controller", *EDITABLE_FIELDS, "loaded_version", "version", "updated_at")
     actions = ("run_now", "dry_run_now", "run_now_ignore_brake", "enable", "disable")
-    ordering = ("name",)
+    ordering = ("controller",)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ReconcilerConfig]:
         return (
@@ -152,22 +147,22 @@ class ReconcilerConfigAdmin(admin.ModelAdmin):
         changes = form.changes()
         try:
             row = config_update(
-                obj.name,
+                obj.controller,
                 changes,
                 actor=actor_for_user(request.user),
-                expected_version=form.cleaned_data.get("expected_version"),
+                expected_version=form.cleaned_data.get("loaded_version"),
             )
         except (ConfigValidationError, ConfigConflictError) as exc:
             # Validated in the form already; only a race lands here. Nothing was saved.
             messages.error(request, f"Not saved: {exc}")
             return
-        for warning in config_warnings(row.name, row.params):
-            messages.warning(request, f"{row.name}: {warning}")
+        for warning in config_warnings(row.controller, row.params):
+            messages.warning(request, f"{row.controller}: {warning}")
         obj.refresh_from_db()
 
     def _run(self, request: HttpRequest, queryset: QuerySet[ReconcilerConfig], **options: Any) -> None:
         for config in queryset:
-            summary = run_controller(config.name, force=True, trigger="admin", **options)
+            summary = run_controller(config.controller, force=True, trigger="admin", **options)
             _report(request, summary)
 
     @admin.action(
@@ -186,9 +181,9 @@ class ReconcilerConfigAdmin(admin.ModelAdmin):
 
     def _set_enabled(self, request: HttpRequest, queryset: QuerySet[ReconcilerConfig], enabled: bool) -> None:
         for config in queryset:
-            config_update(config.name, {"enabled": enabled}, actor=actor_for_user(request.user))
+            config_update(config.controller, {"enabled": enabled}, actor=actor_for_user(request.user))
         self.message_user(
-            request, f"{'Enabled' if enabled else 'Disabled'}: {', '.join(c.name for c in queryset)}"
+            request, f"{'Enabled' if enabled else 'Disabled'}: {', '.join(c.controller for c in queryset)}"
         )
 
     @admin.action(description="Enable", permissions=["change"])
@@ -201,14 +196,8 @@ class ReconcilerConfigAdmin(admin.ModelAdmin):
 
 
 def _report(request: HttpRequest, summary: RunSummary) -> None:
-    kind = "dry run" if summary.dry_run else "run"
-    counts = dict(summary.would_change) if summary.dry_run else dict(summary.steps)
-    text = f"{summary.controller}: {kind} {summary.outcome}"
-    if summary.reason:
-        text += f" ({summary.reason})"
-    text += f", {'would change' if summary.dry_run else 'changed'} {counts}, flags {dict(summary.flags)}"
     level = {"success": messages.SUCCESS, "skipped": messages.WARNING}.get(summary.outcome, messages.ERROR)
-    messages.add_message(request, level, text)
+    messages.add_message(request, level, summary.describe())
 
 
 @admin.register(ReconcileRun)
@@ -240,15 +229,15 @@ class ReconcileRunAdmin(admin.ModelAdmin):
         return False  # pruned by the runner
 
 
-class RuntimeSwitchForm(forms.ModelForm):
+class GlobalPauseForm(forms.ModelForm):
     class Meta:
-        model = RuntimeSwitch
+        model = GlobalPause
         fields = ("paused",)
 
 
-@admin.register(RuntimeSwitch)
-class RuntimeSwitchAdmin(admin.ModelAdmin):
-    form = RuntimeSwitchForm
+@admin.register(GlobalPause)
+class GlobalPauseAdmin(admin.ModelAdmin):
+    form = GlobalPauseForm
     list_display = ("__str__", "paused", "changed_by", "changed_at")
     readonly_fields = ("changed_by", "changed_at")
     actions = ("pause", "resume")
@@ -263,12 +252,12 @@ class RuntimeSwitchAdmin(admin.ModelAdmin):
         pause_set(bool(form.cleaned_data["paused"]), actor=actor_for_user(request.user))
 
     @admin.action(description="Pause every reconciler", permissions=["change"])
-    def pause(self, request: HttpRequest, queryset: QuerySet[RuntimeSwitch]) -> None:
+    def pause(self, request: HttpRequest, queryset: QuerySet[GlobalPause]) -> None:
         pause_set(True, actor=actor_for_user(request.user))
         self.message_user(request, "Every reconciler run now skips with reason 'paused'.", messages.WARNING)
 
     @admin.action(description="Resume every reconciler", permissions=["change"])
-    def resume(self, request: HttpRequest, queryset: QuerySet[RuntimeSwitch]) -> None:
+    def resume(self, request: HttpRequest, queryset: QuerySet[GlobalPause]) -> None:
         pause_set(False, actor=actor_for_user(request.user))
         self.message_user(request, "Reconcilers resumed.")
 

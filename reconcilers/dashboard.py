@@ -1,15 +1,15 @@
 """The controllers' admin dashboard: what each controller is set to, what its runs did, who holds it.
 
 Read-only except for "dry-run now", which goes through the runner like every other run.
-A fixed number of queries whatever the history size: one window query for the recent
-runs of every controller (bounded per controller), one for each controller's last dry
-run, one each for configs, states and the pause switch. The chart is server-rendered SVG:
+A fixed number of queries whatever the history size (the reads are in
+reconcilers.selectors): one window query for the recent runs of every controller
+(bounded per controller), one for each controller's last dry run, one each for configs,
+states and the pause switch. The chart is server-rendered SVG:
 no JavaScript, no CDN, works in an air-gapped admin.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -17,8 +17,6 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.admin import site as admin_site
 from django.core.exceptions import PermissionDenied
-from django.db.models import F, Window
-from django.db.models.functions import RowNumber
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import NoReverseMatch, reverse
@@ -26,12 +24,13 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
-from reconcilers.models import ReconcilerConfig, ReconcilerState, ReconcileRun, RunOutcome
-from reconcilers.registry import UnknownControllerError, controller_get, controller_names
-from reconcilers.runtime.runner import paused_globally, run_controller
+from reconcilers.models import ReconcileRun, RunOutcome
+from reconcilers.registry import UnknownControllerError, controller_get
+from reconcilers.runtime.config import EffectiveConfig, paused_globally
+from reconcilers.selectors import configs_effective, last_dry_runs, recent_runs, states_by_controller
+from reconcilers.services import run_controller
 
-RUNS_PER_CONTROLLER = 50  # chart points; the table shows the newest RUNS_IN_TABLE of them
-RUNS_IN_TABLE = 10
+RUNS_IN_TABLE = 10  # of the RUNS_PER_CONTROLLER a chart shows
 CHART_WIDTH_PX = 520
 CHART_HEIGHT_PX = 130
 CHART_PAD_PX = 28
@@ -58,43 +57,6 @@ class ControllerPanel:
     @property
     def table_runs(self) -> list[ReconcileRun]:
         return self.runs[:RUNS_IN_TABLE]
-
-
-def _rank_newest_first() -> Window:
-    """1 for each controller's newest run, 2 for the next, and so on."""
-    return Window(
-        RowNumber(), partition_by=[F("controller")], order_by=[F("started_at").desc(), F("id").desc()]
-    )
-
-
-def recent_runs(names: list[str], per_controller: int = RUNS_PER_CONTROLLER) -> dict[str, list[ReconcileRun]]:
-    """The newest `per_controller` runs of each controller, newest first, in one query.
-
-    A window (ROW_NUMBER per controller) rather than one global LIMIT, so a 30 s controller
-    never crowds a daily one out of its own history.
-    """
-    ranked = (
-        ReconcileRun.objects.filter(controller__in=names)
-        .defer("error")
-        .annotate(rank=_rank_newest_first())
-        .filter(rank__lte=per_controller)
-        .order_by("controller", "-started_at", "-id")
-    )
-    runs: dict[str, list[ReconcileRun]] = defaultdict(list)
-    for run in ranked:
-        runs[run.controller].append(run)
-    return runs
-
-
-def last_dry_runs(names: list[str]) -> dict[str, ReconcileRun]:
-    """Each controller's newest successful dry run (its would_change), in one query."""
-    ranked = (
-        ReconcileRun.objects.filter(controller__in=names, dry_run=True, outcome=RunOutcome.SUCCESS)
-        .defer("error")
-        .annotate(rank=_rank_newest_first())
-        .filter(rank=1)
-    )
-    return {run.controller: run for run in ranked}
 
 
 def _point_value(run: ReconcileRun) -> int:
@@ -183,31 +145,30 @@ def items_chart_svg(name: str, runs: list[ReconcileRun]) -> SafeString:
     )
 
 
-def _config_url(config: ReconcilerConfig | None) -> str:
-    if config is None:
+def _config_url(config: EffectiveConfig) -> str:
+    if config.row_id is None:
         return ""
     try:
-        return reverse("admin:reconcilers_reconcilerconfig_change", args=[config.pk])
+        return reverse("admin:reconcilers_reconcilerconfig_change", args=[config.row_id])
     except NoReverseMatch:  # the config admin is not registered
         return ""
 
 
 def controller_panels() -> list[ControllerPanel]:
-    names = controller_names()
-    configs = {c.name: c for c in ReconcilerConfig.objects.filter(name__in=names)}
-    states = {s.controller: s for s in ReconcilerState.objects.filter(controller__in=names)}
+    configs = configs_effective()
+    names = list(configs)
+    states = states_by_controller(names)
     runs = recent_runs(names)
     dry_runs = last_dry_runs(names)
     panels = []
-    for name in names:
-        config, state = configs.get(name), states.get(name)
-        interval = config.interval_seconds if config else controller_get(name).default_interval_seconds
+    for name, config in configs.items():
+        state = states.get(name)
         panel = ControllerPanel(
             name=name,
-            enabled=config.enabled if config else True,
-            interval_seconds=interval,
-            dry_run=config.dry_run if config else False,
-            configured=config is not None,
+            enabled=config.enabled,
+            interval_seconds=config.interval_seconds,
+            dry_run=config.dry_run,
+            configured=config.configured,
             fence=state.fence if state else None,
             lock_holder=state.lock_holder if state else "",
             granted_at=state.granted_at if state else None,
@@ -252,9 +213,6 @@ def dry_run_now(request: HttpRequest, name: str) -> HttpResponse:
         messages.error(request, str(exc))
         return HttpResponseRedirect(reverse("reconcilers-dashboard"))
     summary = run_controller(name, dry_run=True, trigger="admin")
-    if summary.outcome == RunOutcome.SUCCESS:
-        changes = ", ".join(f"{k}={v}" for k, v in summary.would_change.items()) or "nothing"
-        messages.success(request, f"Dry run of {name} done: a real run would change {changes}.")
-    else:
-        messages.warning(request, f"Dry run of {name}: {summary.outcome} ({summary.reason}).")
+    level = messages.SUCCESS if summary.outcome == RunOutcome.SUCCESS else messages.WARNING
+    messages.add_message(request, level, summary.describe())
     return HttpResponseRedirect(f"{reverse('reconcilers-dashboard')}#controller-{name}")

@@ -12,10 +12,13 @@ class ReconcilerConfig(models.Model):
     """One row per controller: the single source of truth for its schedule and parameters.
 
     Written only through `reconcilers.services.config_update`, which validates, audits and
-    syncs the django-celery-beat schedule in the same transaction.
+    syncs the django-celery-beat schedule in the same transaction. Read through
+    `reconcilers.runtime.config` (design.md §4.2).
     """
 
-    name = models.CharField(max_length=64, unique=True, help_text="Controller name, e.g. agent-health.")
+    controller = models.CharField(
+        max_length=64, unique=True, db_column="name", help_text="Controller name, e.g. agent-health."
+    )
     enabled = models.BooleanField(
         default=True, help_text="Disabled controllers skip every run (reason 'disabled')."
     )
@@ -31,7 +34,7 @@ class ReconcilerConfig(models.Model):
     updated_at = models.DateTimeField(auto_now=True, help_text="Last change.")
 
     class Meta:
-        ordering = ["name"]
+        ordering = ["controller"]
         verbose_name = "reconciler"
         constraints = [
             models.CheckConstraint(
@@ -45,7 +48,7 @@ class ReconcilerConfig(models.Model):
         ]
 
     def __str__(self) -> str:
-        return self.name
+        return self.controller
 
 
 class ReconcilerState(models.Model):
@@ -80,15 +83,17 @@ class ReconcilerState(models.Model):
         return f"{self.controller} fence={self.fence}"
 
 
-class RuntimeSwitch(models.Model):
-    """Singleton row (pk=1) for cluster-wide switches: the global pause."""
+class GlobalPause(models.Model):
+    """Singleton row (pk=1): the global pause, every run skips while it is on (design.md §4.9)."""
 
     paused = models.BooleanField(default=False, help_text="Every run skips with reason 'paused'.")
     changed_by = models.CharField(max_length=200, blank=True, default="", help_text="Who changed it last.")
     changed_at = models.DateTimeField(null=True, blank=True, help_text="When it changed last.")
 
     class Meta:
+        db_table = "reconcilers_runtimeswitch"  # its name before the rename: upgrades move no data
         verbose_name = "global pause"
+        verbose_name_plural = "global pause"
 
     def __str__(self) -> str:
         return "paused" if self.paused else "running"

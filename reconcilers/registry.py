@@ -1,17 +1,16 @@
-"""The project's controllers by name, and their current parameters."""
+"""The project's controllers by name: the one list the app hands to the runtime.
+
+Registration flows one way: this module knows the controllers; the runtime (runner,
+manager, metrics) is handed Controller objects or names and never imports this module
+(design.md §2).
+"""
 
 from __future__ import annotations
 
-import logging
 from functools import cache
 
-from pydantic import ValidationError
-
 from reconcilers.controllers import CONTROLLER_CLASSES
-from reconcilers.models import ReconcilerConfig
-from reconcilers.runtime.contract import Controller, ControllerParams
-
-log = logging.getLogger(__name__)
+from reconcilers.runtime.contract import Controller
 
 
 class UnknownControllerError(KeyError):
@@ -43,20 +42,3 @@ def controller_get(name: str) -> Controller:
         return controllers()[name]
     except KeyError:
         raise UnknownControllerError(name) from None
-
-
-def params_load(name: str) -> ControllerParams:
-    """The controller's validated params from its config row; the defaults if the row is missing.
-
-    A row whose params no longer validate (edited by hand in the database) falls back to
-    the defaults with an ERROR log rather than running on garbage.
-    """
-    controller = controller_get(name)
-    raw = ReconcilerConfig.objects.filter(name=name).values_list("params", flat=True).first()
-    if raw is None:
-        return controller.default_params()
-    try:
-        return controller.validate_params(raw)
-    except ValidationError as exc:
-        log.error("invalid params for %s in the database, using defaults: %s", name, exc)
-        return controller.default_params()

@@ -1,6 +1,6 @@
 """Config rows and django-celery-beat rows for every controller: created, kept in sync, repaired.
 
-One PeriodicTask per controller, each with its own IntervalSchedule: a schedule shared
+One PeriodicTask per controller (design.md §4.3), each with its own IntervalSchedule: a schedule shared
 with another task is never edited in place (that would silently retime the other task).
 Runs at `post_migrate` (rows exist right after `migrate`), at beat start (repairs rows
 edited by hand), and from `config_update` inside its transaction.
@@ -16,10 +16,10 @@ from django.conf import settings
 from django.db import transaction
 from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
 
-from reconcilers import registry
-from reconcilers.models import ReconcilerConfig, RuntimeSwitch
+from reconcilers.models import GlobalPause, ReconcilerConfig
+from reconcilers.registry import controller_get, controller_names
+from reconcilers.runtime.config import EffectiveConfig, config_defaults, config_from_row
 from reconcilers.runtime.contract import Controller
-from reconcilers.runtime.runner import RUN_TIMEOUT_CAP_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -36,37 +36,27 @@ def periodic_task_name(controller: str) -> str:
     return f"reconcile {controller}"
 
 
-def config_defaults(controller: Controller) -> dict[str, object]:
-    interval = controller.default_interval_seconds
-    return {
-        "enabled": True,
-        "interval_seconds": interval,
-        "dry_run": False,
-        "run_timeout_seconds": min(interval, RUN_TIMEOUT_CAP_SECONDS),
-        "params": controller.default_params().model_dump(mode="json"),
-    }
-
-
 def config_ensure(controller: Controller) -> ReconcilerConfig:
-    """The controller's config row, created with the seed defaults if missing."""
+    """The controller's config row, created with its defaults if missing."""
     row, created = ReconcilerConfig.objects.get_or_create(
-        name=controller.name, defaults=config_defaults(controller)
+        controller=controller.name, defaults=config_defaults(controller)
     )
     if created:
         log.info("%s: created config with defaults", controller.name)
     return row
 
 
-def periodic_task_sync(config: ReconcilerConfig) -> PeriodicTask:
-    """Make the controller's PeriodicTask match its config (idempotent; saves only on change).
+def periodic_task_sync(config: EffectiveConfig) -> PeriodicTask:
+    """Make the controller's PeriodicTask match its config in effect (idempotent; saves only
+    on change).
 
     Call inside the caller's transaction; `PeriodicTask.save()` marks the schedule changed.
     """
     wanted = {
-        "task": task_name(config.name),
+        "task": task_name(config.controller),
         "queue": settings.RECONCILERS_QUEUE,
         "enabled": config.enabled,
-        "expire_seconds": config.interval_seconds,  # a backlog never replays as a burst
+        "expire_seconds": config.period_seconds,  # a backlog never replays as a burst
         "args": "[]",
         "kwargs": "{}",
         "headers": "{}",
@@ -74,10 +64,12 @@ def periodic_task_sync(config: ReconcilerConfig) -> PeriodicTask:
         "description": PERIODIC_TASK_DESCRIPTION,
     }
     task = (
-        PeriodicTask.objects.select_related("interval").filter(name=periodic_task_name(config.name)).first()
+        PeriodicTask.objects.select_related("interval")
+        .filter(name=periodic_task_name(config.controller))
+        .first()
     )
     if task is None:
-        task = PeriodicTask(name=periodic_task_name(config.name))
+        task = PeriodicTask(name=periodic_task_name(config.controller))
     changed = task.pk is None
     for field_name, value in wanted.items():
         if getattr(task, field_name) != value and not (
@@ -113,7 +105,7 @@ def periodic_task_sync(config: ReconcilerConfig) -> PeriodicTask:
         task.save()
         log.info(
             "%s: beat schedule synced (every %ss, enabled=%s)",
-            config.name,
+            config.controller,
             config.interval_seconds,
             config.enabled,
         )
@@ -126,11 +118,12 @@ def schedule_sync(names: Iterable[str] | None = None) -> None:
     Idempotent: safe at every migrate and every beat start. Reconciler beat rows whose
     controller is no longer registered are disabled (not deleted: history stays readable).
     """
-    selected = list(names) if names is not None else registry.controller_names()
+    selected = list(names) if names is not None else controller_names()
     with transaction.atomic():
-        RuntimeSwitch.objects.get_or_create(pk=1)
+        GlobalPause.objects.get_or_create(pk=1)
         for name in selected:
-            periodic_task_sync(config_ensure(registry.controller_get(name)))
+            controller = controller_get(name)
+            periodic_task_sync(config_from_row(controller, config_ensure(controller)))
         if names is None:
             known = {task_name(name) for name in selected}
             stale = PeriodicTask.objects.filter(task__startswith=TASK_PREFIX, enabled=True).exclude(

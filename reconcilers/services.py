@@ -1,7 +1,10 @@
-"""Writes to the reconcilers' configuration: validated, audited, beat schedule synced in one transaction.
+"""The reconciler app's services: run a controller by name, change its config, pause them all.
 
-The admin, the CLI and any API call these; nothing else writes ReconcilerConfig or the
-global pause.
+Config writes are validated, audited and move the beat schedule in one transaction; the
+admin, the CLI and any API call these, and nothing else writes ReconcilerConfig or the
+global pause. Advice that spans two controllers (queue-priority's fairness bound against
+job-recovery's max_queue_minutes) lives here, since neither controller may know the
+other (design.md §2, §5.3).
 """
 
 from __future__ import annotations
@@ -16,15 +19,23 @@ from django_celery_beat.models import PeriodicTasks
 from pydantic import ValidationError
 
 from controlplane.audit.services import audit_record
+from controlplane.commands.priority import QueuePriorityPolicy
 from controlplane.common.db import db_now
-from reconcilers import registry
-from reconcilers.models import ReconcilerConfig, RuntimeSwitch
-from reconcilers.runtime.metrics import metrics
+from reconcilers.controllers.job_recovery import JobRecoveryParams
+from reconcilers.controllers.queue_priority import QueuePriorityParams, fairness_bound_minutes
+from reconcilers.models import GlobalPause, ReconcilerConfig
+from reconcilers.registry import controller_get
+from reconcilers.runtime.config import config_from_row, params_error_text
+from reconcilers.runtime.contract import ControllerParams
+from reconcilers.runtime.metrics import Metrics, metrics
+from reconcilers.runtime.runner import run
+from reconcilers.runtime.summary import RunSummary
 from reconcilers.schedule import config_ensure, periodic_task_sync
+from reconcilers.selectors import config_of
 
 log = logging.getLogger(__name__)
 
-# Allowed ranges (SPEC section 6), in seconds.
+# Allowed ranges (design.md §6), in seconds.
 INTERVAL_SECONDS_RANGE = (1, 604800)
 RUN_TIMEOUT_SECONDS_RANGE = (1, 86400)
 CONFIG_FIELDS = ("enabled", "interval_seconds", "dry_run", "run_timeout_seconds", "params")
@@ -61,7 +72,7 @@ def _boolean(field: str, value: Any) -> bool:
 def config_validate(name: str, changes: Mapping[str, Any]) -> dict[str, Any]:
     """Validate `changes` for controller `name` and return them normalized (params as the
     full validated dict, defaults filled in). Raises ConfigValidationError naming the field."""
-    controller = registry.controller_get(name)
+    controller = controller_get(name)
     unknown = sorted(set(changes) - set(CONFIG_FIELDS))
     if unknown:
         raise ConfigValidationError(unknown[0], "is not a configurable field")
@@ -79,20 +90,85 @@ def config_validate(name: str, changes: Mapping[str, Any]) -> dict[str, Any]:
             try:
                 params = controller.validate_params(value)
             except ValidationError as exc:
-                error = exc.errors()[0]
-                where = ".".join(str(part) for part in error["loc"]) or "params"
-                raise ConfigValidationError(f"params.{where}", error["msg"]) from None
+                where, message = params_error_text(exc).split(": ", 1)
+                raise ConfigValidationError(where, message) from None
             clean[field] = params.model_dump(mode="json")
     return clean
 
 
 def config_warnings(name: str, params: Mapping[str, Any]) -> list[str]:
-    """The controller's non-blocking advice for these params (empty if they do not validate)."""
-    controller = registry.controller_get(name)
+    """Advice that does not block a save: the controller's own, and the advice that spans
+    two controllers (empty if the params do not validate)."""
+    controller = controller_get(name)
     try:
-        return controller.config_warnings(controller.validate_params(params))
+        validated = controller.validate_params(params)
     except ValidationError:
         return []
+    return [*controller.config_warnings(validated), *_fairness_advice(name, validated)]
+
+
+def _fairness_advice(name: str, params: ControllerParams) -> list[str]:
+    """queue-priority's fairness bound must stay below job-recovery's max_queue_minutes
+    (design.md §5.3): checked when either side changes, against the other's config in effect."""
+    if isinstance(params, QueuePriorityParams):
+        recovery = config_of("job-recovery").params
+        if not isinstance(recovery, JobRecoveryParams):
+            return []  # its row is invalid: that is reported on its own
+        priority, max_queue_minutes = params, recovery.max_queue_minutes
+    elif isinstance(params, JobRecoveryParams):
+        current = config_of("queue-priority").params
+        if not isinstance(current, QueuePriorityParams):
+            return []
+        priority, max_queue_minutes = current, params.max_queue_minutes
+    else:
+        return []
+    bound = fairness_bound_minutes(priority)
+    if bound < max_queue_minutes:
+        return []
+    return [
+        f"queue-priority fairness bound is {bound:g} minutes ((largest plan gap + depth_bonus_max) / "
+        f"age_bonus_per_minute), not below job-recovery's max_queue_minutes ({max_queue_minutes}): "
+        "a low-plan job can expire in the queue behind newer higher-plan work"
+    ]
+
+
+def queue_priority_policy() -> QueuePriorityPolicy:
+    """The queue-entry priority policy from queue-priority's config in effect: the source the
+    app installs into the commands domain at start (controlplane.commands.priority)."""
+    config = config_of("queue-priority")
+    params = config.params
+    if not isinstance(params, QueuePriorityParams):
+        log.error("queue-priority: invalid params, enqueue uses the default policy: %s", config.error)
+        return QueuePriorityPolicy()
+    return QueuePriorityPolicy(
+        plan_base={str(plan): base for plan, base in params.plan_base.items()},
+        age_bonus_per_minute=params.age_bonus_per_minute,
+        depth_bonus_max=params.depth_bonus_max,
+    )
+
+
+def run_controller(
+    name: str,
+    *,
+    dry_run: bool | None = None,
+    force: bool = False,
+    ignore_brake: bool = False,
+    trigger: str = "manual",
+    metrics_sink: Metrics | None = None,
+) -> RunSummary:
+    """Run one reconcile of the controller called `name` through the runtime (design.md §4).
+
+    Raises UnknownControllerError before anything runs; after that no exception escapes
+    (see `reconcilers.runtime.runner.run`).
+    """
+    return run(
+        controller_get(name),
+        dry_run=dry_run,
+        force=force,
+        ignore_brake=ignore_brake,
+        trigger=trigger,
+        metrics_sink=metrics_sink,
+    )
 
 
 def _snapshot(row: ReconcilerConfig) -> dict[str, Any]:
@@ -109,7 +185,7 @@ def config_update(
     ConfigConflictError (also when `expected_version`, the version the caller edited, is
     no longer current)."""
     clean = config_validate(name, changes)
-    controller = registry.controller_get(name)
+    controller = controller_get(name)
     with transaction.atomic():
         row = config_ensure(controller)
         if expected_version is not None and row.version != expected_version:
@@ -135,17 +211,17 @@ def config_update(
                 "changed": sorted(key for key in after if after[key] != before[key]),
             },
         )
-        periodic_task_sync(row)
+        periodic_task_sync(config_from_row(controller, row))
         PeriodicTasks.update_changed()
         transaction.on_commit(lambda: _publish_config(row))
     log.info("%s: config updated by %s: %s", name, actor, clean)
     return row
 
 
-def pause_set(paused: bool, *, actor: str) -> RuntimeSwitch:
+def pause_set(paused: bool, *, actor: str) -> GlobalPause:
     """Set or clear the global pause (every run skips with `paused`), audited."""
     with transaction.atomic():
-        switch, _ = RuntimeSwitch.objects.select_for_update().get_or_create(pk=1)
+        switch, _ = GlobalPause.objects.select_for_update().get_or_create(pk=1)
         before = switch.paused
         switch.paused = paused
         switch.changed_by = actor[:200]
@@ -164,5 +240,5 @@ def pause_set(paused: bool, *, actor: str) -> RuntimeSwitch:
 
 def _publish_config(row: ReconcilerConfig) -> None:
     metrics().set_config(
-        row.name, enabled=row.enabled, dry_run=row.dry_run, interval_seconds=row.interval_seconds
+        row.controller, enabled=row.enabled, dry_run=row.dry_run, interval_seconds=row.interval_seconds
     )

@@ -23,6 +23,17 @@ from celery import beat, platforms
 from celery.signals import beat_init, before_task_publish, celeryd_init, worker_process_shutdown
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError
+from prometheus_client import start_http_server
+
+from reconcilers.registry import controller_names
+from reconcilers.runtime.metrics import (
+    metrics_precreate,
+    multiprocess_dir_reset,
+    multiprocess_mark_dead,
+    multiprocess_registry,
+)
+from reconcilers.schedule import schedule_sync, task_name
+from reconcilers.selectors import config_of, configs_effective
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +43,11 @@ HARD_TIME_LIMIT_MARGIN_SECONDS = 30  # soft limit raises in the task; the hard k
 def on_post_migrate(sender: Any, using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -> None:
     if using != DEFAULT_DB_ALIAS:
         return
-    from reconcilers.schedule import schedule_sync
-
     schedule_sync()
 
 
 @beat_init.connect
 def on_beat_init(sender: Any = None, **kwargs: Any) -> None:
-    from reconcilers.schedule import schedule_sync
-
     stop_flag = getattr(sender, "_is_shutdown", None)  # what Service.stop sets; the loop polls it
     if (
         isinstance(sender, beat.Service)
@@ -88,10 +95,8 @@ def _is_celery_beat_sync_handler(handler: Any) -> bool:
 
 @celeryd_init.connect
 def on_worker_main_init(sender: Any = None, **kwargs: Any) -> None:
-    from reconcilers.runtime.metrics import metrics_precreate, multiprocess_dir_reset
-
     multiprocess_dir_reset(keep_pid=os.getpid())
-    metrics_precreate(_config_gauges())
+    metrics_precreate(controller_names(), _config_gauges())
     port = settings.WORKER_METRICS_PORT
     if port:
         _serve_worker_metrics(port)
@@ -99,8 +104,6 @@ def on_worker_main_init(sender: Any = None, **kwargs: Any) -> None:
 
 @worker_process_shutdown.connect
 def on_worker_child_exit(pid: int | None = None, **kwargs: Any) -> None:
-    from reconcilers.runtime.metrics import multiprocess_mark_dead
-
     multiprocess_mark_dead(pid or os.getpid())
 
 
@@ -120,34 +123,22 @@ def on_before_task_publish(
 
 def reconcile_timeout_seconds(task: str) -> int | None:
     """run_timeout_seconds of the controller behind a reconciler task name, or None."""
-    from reconcilers import registry
-    from reconcilers.models import ReconcilerConfig
-    from reconcilers.runtime.runner import config_effective
-    from reconcilers.schedule import task_name
-
-    by_task = {task_name(name): name for name in registry.controller_names()}
+    by_task = {task_name(name): name for name in controller_names()}
     name = by_task.get(task)
     if name is None:
         return None
     try:
-        row = ReconcilerConfig.objects.filter(name=name).values_list("run_timeout_seconds", flat=True).first()
-        if row is not None:
-            return int(row)
-        return config_effective(registry.controller_get(name)).run_timeout_seconds
+        return config_of(name).run_timeout_seconds
     except DatabaseError:
         log.exception("%s: could not read its run timeout; sending without time limits", name)
         return None
 
 
 def _config_gauges() -> dict[str, tuple[bool, bool, int]]:
-    from reconcilers.models import ReconcilerConfig
-
     try:
         return {
-            name: (enabled, dry_run, interval)
-            for name, enabled, dry_run, interval in ReconcilerConfig.objects.values_list(
-                "name", "enabled", "dry_run", "interval_seconds"
-            )
+            name: (config.enabled, config.dry_run, config.interval_seconds)
+            for name, config in configs_effective().items()
         }
     except DatabaseError:
         log.exception("worker start: could not read reconciler configs for the metrics")
@@ -155,10 +146,6 @@ def _config_gauges() -> dict[str, tuple[bool, bool, int]]:
 
 
 def _serve_worker_metrics(port: int) -> None:
-    from prometheus_client import start_http_server
-
-    from reconcilers.runtime.metrics import multiprocess_registry
-
     try:
         start_http_server(port, registry=multiprocess_registry())
     except OSError:

@@ -1,7 +1,7 @@
 """One Celery task per controller, named reconcilers.<name with underscores>.
 
 The names are stable strings because beat stores them in the database. A task only
-calls the runner and returns the run's summary (Flower shows it). Time limits come per
+calls `run_controller` and returns the run's summary (Flower shows it). Time limits come per
 message from the config (reconcilers.signals.on_before_task_publish).
 """
 
@@ -12,9 +12,9 @@ from typing import Any
 from celery import Task
 
 from controlplane.celery import app
-from reconcilers import registry
-from reconcilers.runtime.runner import run_controller
+from reconcilers.registry import controller_get, controller_names
 from reconcilers.schedule import task_name
+from reconcilers.services import run_controller
 
 
 def _task_for(controller: str) -> Any:
@@ -34,7 +34,7 @@ def tasks_register() -> dict[str, Task]:
     """Define a task for every registered controller (idempotent; call again after the
     registry changes, e.g. in tests that install extra controllers)."""
     defined: dict[str, Task] = {}
-    for name in registry.controller_names():
+    for name in controller_names():
         tname = task_name(name)
         defined[name] = app.tasks[tname] if tname in app.tasks else _task_for(name)
     return defined
@@ -43,7 +43,7 @@ def tasks_register() -> dict[str, Task]:
 def reconcile_enqueue(controller: str, **options: Any) -> Any:
     """Send one reconcile of `controller` to the reconcilers queue (kwargs: dry_run, force,
     ignore_brake)."""
-    return app.send_task(task_name(registry.controller_get(controller).name), kwargs=options)
+    return app.send_task(task_name(controller_get(controller).name), kwargs=options)
 
 
 RECONCILE_TASKS = tasks_register()

@@ -3,6 +3,8 @@
 Needs DATABASE_URL pointing at a PostgreSQL database the suite may drop and recreate (its
 name must contain "stress"), and redis-server on PATH. Prints every scenario's figures
 and exits 0 only if every invariant held.
+
+Imports of Django models sit inside functions: this tool runs django.setup() first.
 """
 
 from __future__ import annotations

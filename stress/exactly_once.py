@@ -8,6 +8,8 @@ a racer fires forced CLI runs. Then, per controller, from ReconcileRun and the w
 audit: no overlapping successful runs, no two successful starts within half an interval
 (except forced), fences increase, every controller write passed a fence check that no
 newer grant preceded, no error outcome, and each controller did real work.
+
+Imports of Django models sit inside functions: this tool runs django.setup() first.
 """
 
 from __future__ import annotations

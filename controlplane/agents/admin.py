@@ -23,7 +23,7 @@ from controlplane.agents.services import (
     agent_set_status,
     agent_update,
 )
-from controlplane.audit.services import actor_for_user
+from controlplane.common.actors import actor_for_user
 from controlplane.common.operator_admin import (
     VersionedChangeForm,
     VersionedModelAdmin,

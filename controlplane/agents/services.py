@@ -5,19 +5,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.db.models.functions import Now
 
 from controlplane.agents.models import Agent, AgentHealth, AgentLease, AgentStatus
+from controlplane.agents.signals import agent_revoked
 from controlplane.audit.services import audit_record
-from controlplane.commands.models import ACTIVE_STATUSES, Command, StatusReason
-from controlplane.commands.transitions import requeue_values
 from controlplane.common.db import db_now
-from controlplane.common.errors import ConcurrentModificationError, InvalidTransition
+from controlplane.common.errors import InvalidTransition
 from controlplane.common.secrets import issue_secret
+from controlplane.common.versioned import lost_race, row_lock, version_check, versioned_edit, versioned_update
 from controlplane.tenants.models import Tenant
 
 
@@ -123,27 +123,18 @@ AGENT_STATUS_TRANSITIONS: dict[str, frozenset[str]] = {
 }
 # What an operator may edit in the change form; the rest belongs to heartbeats and controllers.
 AGENT_OPERATOR_FIELDS = frozenset({"name", "status", "capabilities", "max_concurrent_jobs"})
+AGENT_LOCKED_FIELDS = ("name", "status", "health", "capabilities", "max_concurrent_jobs")
+
+
+def _label(agent_id: int) -> str:
+    return f"agent #{agent_id}"
+
+
+_WRITERS = "a heartbeat, a controller or another operator"  # who else bumps an agent's version
 
 
 def _agent_locked_state(agent_id: int) -> Mapping[str, Any]:
-    row = (
-        Agent.objects.select_for_update()
-        .filter(pk=agent_id)
-        .values("name", "status", "health", "version", "capabilities", "max_concurrent_jobs")
-        .first()
-    )
-    if row is None:
-        raise Agent.DoesNotExist(f"agent #{agent_id} does not exist")
-    return row
-
-
-def _agent_version_check(agent_id: int, row: Mapping[str, Any], expected_version: int | None) -> None:
-    if expected_version is not None and row["version"] != expected_version:
-        raise ConcurrentModificationError(
-            f"agent {row['name']!r} changed concurrently, reload: version {expected_version} was loaded, "
-            f"the database has {row['version']} (a heartbeat, a controller or another operator wrote it); "
-            "nothing was changed"
-        )
+    return row_lock(Agent, agent_id, AGENT_LOCKED_FIELDS, label=_label(agent_id))
 
 
 def _agent_status_check(row: Mapping[str, Any], target: str) -> None:
@@ -152,33 +143,14 @@ def _agent_status_check(row: Mapping[str, Any], target: str) -> None:
         raise InvalidTransition(f"cannot set agent {row['name']!r} from {row['status']} to {target}{final}")
 
 
-def _agent_lost_race(agent_id: int) -> ConcurrentModificationError:
-    return ConcurrentModificationError(
-        f"agent #{agent_id} changed concurrently, reload: it was written while this action ran; "
-        "nothing was changed"
-    )
-
-
-def _agent_jobs_requeue(agent_id: int, *, at: datetime, actor: str) -> list[int]:
-    """Requeue every acknowledged/running job the agent holds (reason holder_revoked), set-based.
-
-    target_agent is kept (it is never changed after creation): a tenant command pinned to
-    the revoked agent can no longer be claimed, so job-recovery's queue timeout ends it.
-    Lock order is agent row, then its commands, the same as command_claim, so no deadlock.
-    """
-    held = list(
-        Command.objects.select_for_update()
-        .filter(agent_id=agent_id, status__in=ACTIVE_STATUSES)
-        .order_by("pk")
-        .values_list("pk", flat=True)
-    )
-    if held:
-        Command.objects.filter(pk__in=held, agent_id=agent_id, status__in=ACTIVE_STATUSES).update(
-            **requeue_values(
-                at=at, reason=StatusReason.HOLDER_REVOKED, message=f"holder agent revoked by {actor}"
-            )
-        )
-    return held
+def _agent_held_work_release(agent_id: int, *, at: datetime, actor: str) -> list[int]:
+    """Hand back the work a revoked agent holds, in the caller's transaction: the commands app
+    answers `agent_revoked` by requeueing them (agents sit below commands and never import
+    them, design.md §2). Returns the ids of the released commands."""
+    released: list[int] = []
+    for _receiver, ids in agent_revoked.send(sender=Agent, agent_id=agent_id, at=at, actor=actor):
+        released.extend(cast(list[int], ids))
+    return sorted(released)
 
 
 def _agent_status_write(
@@ -189,16 +161,15 @@ def _agent_status_write(
         if row["status"] == target:
             return False
         _agent_status_check(row, target)
-        _agent_version_check(agent_id, row, expected_version)
+        version_check(_label(agent_id), row, expected_version, who=_WRITERS)
         at = db_now()
-        changed = Agent.objects.filter(pk=agent_id, status=row["status"], version=row["version"]).update(
-            status=target, version=F("version") + 1, updated_at=at
-        )
-        if not changed:
-            raise _agent_lost_race(agent_id)
+        if not versioned_update(
+            Agent, agent_id, row["version"], Q(status=row["status"]), {"status": target, "updated_at": at}
+        ):
+            raise lost_race(_label(agent_id))
         details: dict[str, Any] = {"from_status": row["status"], "to_status": target}
         if target == AgentStatus.REVOKED:
-            details["requeued_commands"] = _agent_jobs_requeue(agent_id, at=at, actor=actor)
+            details["requeued_commands"] = _agent_held_work_release(agent_id, at=at, actor=actor)
         audit_record(
             actor=actor, action=action, resource_type="agent", resource_id=agent_id, details=details, at=at
         )
@@ -249,15 +220,11 @@ def agent_force_offline(agent_id: int, *, expected_version: int | None, actor: s
         row = _agent_locked_state(agent_id)
         if row["health"] == AgentHealth.OFFLINE:
             return False
-        _agent_version_check(agent_id, row, expected_version)
+        version_check(_label(agent_id), row, expected_version, who=_WRITERS)
         at = db_now()
-        changed = (
-            Agent.objects.filter(pk=agent_id, version=row["version"])
-            .exclude(health=AgentHealth.OFFLINE)
-            .update(health=AgentHealth.OFFLINE, last_offline_at=at, version=F("version") + 1, updated_at=at)
-        )
-        if not changed:
-            raise _agent_lost_race(agent_id)
+        values = {"health": AgentHealth.OFFLINE, "last_offline_at": at, "updated_at": at}
+        if not versioned_update(Agent, agent_id, row["version"], ~Q(health=AgentHealth.OFFLINE), values):
+            raise lost_race(_label(agent_id))
         audit_record(
             actor=actor,
             action="agent.forced_offline",
@@ -275,36 +242,38 @@ def agent_update(agent_id: int, *, changes: Mapping[str, Any], expected_version:
     form was loaded is never overwritten: the edit is refused instead.
 
     A status change follows the same rules as the actions (revoked is final; revoking
-    requeues the held jobs). Returns False if `changes` is empty. Raises ValueError for a
+    requeues the held jobs). Returns False if nothing changes. Raises ValueError for a
     field operators may not edit, InvalidTransition, ConcurrentModificationError.
     """
-    unknown = set(changes) - AGENT_OPERATOR_FIELDS
-    if unknown:
-        raise ValueError(f"not editable by operators: {', '.join(sorted(unknown))}")
-    if not changes:
-        return False
-    with transaction.atomic():
-        row = _agent_locked_state(agent_id)
-        _agent_version_check(agent_id, row, expected_version)
-        # A form may resubmit values it did not change; writing them would bump version for nothing.
-        changes = {field: value for field, value in changes.items() if row[field] != value}
-        if not changes:
-            return False
+
+    def allowed(row: Mapping[str, Any], changes: Mapping[str, Any]) -> Q:
         target = changes.get("status", row["status"])
         if target != row["status"]:
             _agent_status_check(row, target)
+        return Q(status=row["status"])
+
+    with transaction.atomic():
         at = db_now()
-        changed = Agent.objects.filter(pk=agent_id, version=expected_version, status=row["status"]).update(
-            **changes, version=F("version") + 1, updated_at=at
+        edit = versioned_edit(
+            Agent,
+            agent_id,
+            changes=changes,
+            expected_version=expected_version,
+            editable=AGENT_OPERATOR_FIELDS,
+            label=_label(agent_id),
+            read=AGENT_LOCKED_FIELDS,
+            guard=allowed,
+            also={"updated_at": at},
+            who=_WRITERS,
         )
-        if not changed:
-            raise _agent_lost_race(agent_id)
+        if edit is None:
+            return False
         details: dict[str, Any] = {
-            "before": {field: row[field] for field in changes},
-            "after": dict(changes),
+            "before": {field: edit.before[field] for field in edit.changes},
+            "after": dict(edit.changes),
         }
-        if target == AgentStatus.REVOKED and row["status"] != AgentStatus.REVOKED:
-            details["requeued_commands"] = _agent_jobs_requeue(agent_id, at=at, actor=actor)
+        if edit.changes.get("status") == AgentStatus.REVOKED:
+            details["requeued_commands"] = _agent_held_work_release(agent_id, at=at, actor=actor)
         audit_record(
             actor=actor,
             action="agent.updated",
@@ -321,26 +290,23 @@ def agent_lease_update(
 ) -> bool:
     """An operator's edit of a lease's duration, conditional on the version the form loaded
     (every renewal bumps it), so a save never rewinds a concurrent renewal."""
-    unknown = set(changes) - {"lease_duration_seconds"}
-    if unknown:
-        raise ValueError(f"not editable by operators: {', '.join(sorted(unknown))}")
-    if not changes:
-        return False
     with transaction.atomic():
-        changed = AgentLease.objects.filter(pk=lease_id, version=expected_version).update(
-            **changes, version=F("version") + 1
+        edit = versioned_edit(
+            AgentLease,
+            lease_id,
+            changes=changes,
+            expected_version=expected_version,
+            editable=("lease_duration_seconds",),
+            label=f"lease #{lease_id}",
+            who="a renewal",
         )
-        if not changed:
-            current = AgentLease.objects.filter(pk=lease_id).values_list("version", flat=True).first()
-            raise ConcurrentModificationError(
-                f"lease #{lease_id} changed concurrently, reload: version {expected_version} was loaded, "
-                f"the database has {current}; nothing was changed"
-            )
+        if edit is None:
+            return False
         audit_record(
             actor=actor,
             action="agent.lease.updated",
             resource_type="agent_lease",
             resource_id=lease_id,
-            details={"after": dict(changes)},
+            details={"after": dict(edit.changes)},
         )
     return True

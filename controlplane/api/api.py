@@ -1,4 +1,4 @@
-"""The agent protocol (SPEC section 7): registration, heartbeats, claims and attempt-fenced reports.
+"""The agent protocol (design.md §9): registration, heartbeats, claims and attempt-fenced reports.
 
 Views are thin: parse, call one service, map its outcome to a status code. Every error is
 `{"error", "detail"}` (see errors.py) and every status code is declared per operation, so
@@ -32,8 +32,8 @@ from controlplane.api.schemas import (
     ReportOut,
 )
 from controlplane.commands.services import (
-    JobConflictError,
-    JobNotFoundError,
+    CommandConflictError,
+    CommandNotFoundError,
     command_claim,
     command_report_complete,
     command_report_fail,
@@ -118,18 +118,23 @@ def heartbeat(request: HttpRequest) -> HeartbeatOut:
 )
 def claim(request: HttpRequest) -> Status[ClaimOut | None]:
     _reject_malformed_body(request)
-    job = command_claim(_agent(request).pk)
-    if job is None:
+    claimed = command_claim(_agent(request).pk)
+    if claimed is None:
         return Status(204, None)
-    return Status(200, ClaimOut(job_id=job.job_id, attempt=job.attempt, kind=job.kind, payload=job.payload))
+    return Status(
+        200,
+        ClaimOut(
+            job_id=claimed.command_id, attempt=claimed.attempt, kind=claimed.kind, payload=claimed.payload
+        ),
+    )
 
 
 def _fenced(request: HttpRequest, job_id: int, attempt: int, report: Any, *args: Any) -> ReportOut:
     try:
         status = report(_agent(request), job_id, attempt, *args)
-    except JobNotFoundError:
+    except CommandNotFoundError:
         raise ApiError(404, "not_found", f"no job {job_id}") from None
-    except JobConflictError as exc:
+    except CommandConflictError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     return ReportOut(job_id=job_id, attempt=attempt, status=status)
 

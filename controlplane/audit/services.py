@@ -28,14 +28,6 @@ def redact_secrets(value: Any) -> Any:
     return value
 
 
-def actor_for_user(user: Any) -> str:
-    return f"user:{user.get_username()}" if user is not None and user.is_authenticated else "user:anonymous"
-
-
-def actor_for_controller(controller: str) -> str:
-    return f"system:{controller}"
-
-
 def audit_record(
     *,
     actor: str,

@@ -13,17 +13,18 @@ from datetime import datetime
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Q
 
 from controlplane.audit.services import audit_record
 from controlplane.commands.models import TERMINAL_STATUSES, Command, CommandStatus, StatusReason
 from controlplane.commands.services import queue_entry_priorities
 from controlplane.commands.transitions import requeue_values, terminal_values
 from controlplane.common.db import db_now
-from controlplane.common.errors import ConcurrentModificationError, InvalidTransition
+from controlplane.common.errors import InvalidTransition
+from controlplane.common.versioned import lost_race, row_lock, version_check, versioned_edit, versioned_update
 
 CANCELABLE_STATUSES = (CommandStatus.PENDING, CommandStatus.ACKNOWLEDGED, CommandStatus.RUNNING)
-# SPEC section 6: "retry a failed job". Expired and canceled jobs were given up on purpose.
+# Only a failed job is retried (design.md §7): expired and canceled jobs were given up on purpose.
 RETRYABLE_STATUSES = (CommandStatus.FAILED,)
 # Fields an operator may edit on a command that has not finished; the lifecycle fields
 # belong to agents and controllers.
@@ -34,16 +35,17 @@ def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value.isoformat() if isinstance(value, datetime) else value for key, value in values.items()}
 
 
+def _label(command_id: int) -> str:
+    return f"command #{command_id}"
+
+
 def _locked_state(command_id: int) -> Mapping[str, Any]:
-    row = (
-        Command.objects.select_for_update()
-        .filter(pk=command_id)
-        .values("status", "version", "dispatch_attempts", "queue_priority", *COMMAND_OPERATOR_FIELDS)
-        .first()
+    return row_lock(
+        Command,
+        command_id,
+        ("status", "dispatch_attempts", "queue_priority", *COMMAND_OPERATOR_FIELDS),
+        label=_label(command_id),
     )
-    if row is None:
-        raise Command.DoesNotExist(f"command #{command_id} does not exist")
-    return row
 
 
 def _check(
@@ -60,18 +62,7 @@ def _check(
             f"cannot {verb} command #{command_id}: it is {row['status']}, "
             f"only {' / '.join(allowed)} commands can be {done}"
         )
-    if expected_version is not None and row["version"] != expected_version:
-        raise ConcurrentModificationError(
-            f"command #{command_id} changed concurrently, reload: version {expected_version} was "
-            f"loaded, the database has {row['version']}; nothing was changed"
-        )
-
-
-def _lost_race(command_id: int) -> ConcurrentModificationError:
-    return ConcurrentModificationError(
-        f"command #{command_id} changed concurrently, reload: it was written while this action ran; "
-        "nothing was changed"
-    )
+    version_check(_label(command_id), row, expected_version)
 
 
 def command_cancel(command_id: int, *, expected_version: int | None, actor: str) -> bool:
@@ -95,18 +86,16 @@ def command_cancel(command_id: int, *, expected_version: int | None, actor: str)
             expected_version=expected_version,
         )
         at = db_now()
-        changed = Command.objects.filter(
-            pk=command_id, status__in=CANCELABLE_STATUSES, version=row["version"]
-        ).update(
-            **terminal_values(
-                status=CommandStatus.CANCELED,
-                at=at,
-                reason=StatusReason.CANCELED_BY_OPERATOR,
-                message=f"canceled by {actor}",
-            )
+        values = terminal_values(
+            status=CommandStatus.CANCELED,
+            at=at,
+            reason=StatusReason.CANCELED_BY_OPERATOR,
+            message=f"canceled by {actor}",
         )
-        if not changed:
-            raise _lost_race(command_id)
+        if not versioned_update(
+            Command, command_id, row["version"], Q(status__in=CANCELABLE_STATUSES), values
+        ):
+            raise lost_race(_label(command_id))
         audit_record(
             actor=actor,
             action="command.canceled",
@@ -123,8 +112,7 @@ def command_retry(command_id: int, *, expected_version: int | None, actor: str) 
 
     The holder, progress timestamps, completed_at and error_message are cleared, target_agent
     is kept, status_reason is retried_by_operator. A platform job's queue_priority is
-    recomputed with the queue-priority formula and current params (as if just enqueued) when
-    that controller is registered; otherwise it keeps its last value until the next sweep.
+    recomputed with the queue priority policy in effect, as if just enqueued.
     Returns True; raises InvalidTransition unless the command is failed,
     ConcurrentModificationError on a version mismatch.
     """
@@ -144,11 +132,10 @@ def command_retry(command_id: int, *, expected_version: int | None, actor: str) 
         priority = _fresh_priority(command_id)
         if priority is not None:
             values["queue_priority"] = priority
-        changed = Command.objects.filter(
-            pk=command_id, status__in=RETRYABLE_STATUSES, version=row["version"]
-        ).update(**values)
-        if not changed:
-            raise _lost_race(command_id)
+        if not versioned_update(
+            Command, command_id, row["version"], Q(status__in=RETRYABLE_STATUSES), values
+        ):
+            raise lost_race(_label(command_id))
         audit_record(
             actor=actor,
             action="command.retried",
@@ -167,59 +154,48 @@ def command_retry(command_id: int, *, expected_version: int | None, actor: str) 
 
 def _fresh_priority(command_id: int) -> int | None:
     """The priority a platform job gets on re-entering the queue now, or None to keep it."""
-    # Imported here: the registry imports the controllers, which import this app.
-    from reconcilers.registry import UnknownControllerError
-
-    job = Command.objects.filter(pk=command_id).values("is_platform_job", "tenant_id", "tenant__plan").get()
-    if not job["is_platform_job"]:
+    command = (
+        Command.objects.filter(pk=command_id).values("is_platform_job", "tenant_id", "tenant__plan").get()
+    )
+    if not command["is_platform_job"]:
         return None
-    try:
-        return queue_entry_priorities(job["tenant_id"], job["tenant__plan"], 1)[0]
-    except UnknownControllerError:
-        return None
+    return queue_entry_priorities(command["tenant_id"], command["tenant__plan"], 1)[0]
 
 
 def command_update(command_id: int, *, changes: Mapping[str, Any], expected_version: int, actor: str) -> bool:
     """An operator's edit of payload / expires_at on an unfinished command, as one conditional
     UPDATE of exactly those columns (WHERE version = expected_version AND status unfinished).
 
-    Returns False if `changes` is empty. Raises ValueError for a field operators may not
+    Returns False if nothing changes. Raises ValueError for a field operators may not
     edit, InvalidTransition for a finished command, ConcurrentModificationError if a claim,
     progress report or controller bumped the version since the operator loaded the row.
     """
-    unknown = set(changes) - COMMAND_OPERATOR_FIELDS
-    if unknown:
-        raise ValueError(f"not editable by operators: {', '.join(sorted(unknown))}")
-    if not changes:
-        return False
-    with transaction.atomic():
-        row = _locked_state(command_id)
+
+    def unfinished(row: Mapping[str, Any], changed: Mapping[str, Any]) -> Q:
         if row["status"] in TERMINAL_STATUSES:
             raise InvalidTransition(
                 f"cannot edit command #{command_id}: it is {row['status']} and finished commands never change"
             )
-        _check(
+        return Q(status__in=CANCELABLE_STATUSES)
+
+    with transaction.atomic():
+        edit = versioned_edit(
+            Command,
             command_id,
-            row,
-            verb="edit",
-            done="edited",
-            allowed=CANCELABLE_STATUSES,
+            changes=changes,
             expected_version=expected_version,
+            editable=COMMAND_OPERATOR_FIELDS,
+            label=_label(command_id),
+            read=("status",),
+            guard=unfinished,
         )
-        # A form may resubmit values it did not change; writing them would bump version for nothing.
-        changes = {field: value for field, value in changes.items() if row[field] != value}
-        if not changes:
+        if edit is None:
             return False
-        changed = Command.objects.filter(
-            pk=command_id, status__in=CANCELABLE_STATUSES, version=expected_version
-        ).update(**changes, version=F("version") + 1)
-        if not changed:
-            raise _lost_race(command_id)
         audit_record(
             actor=actor,
             action="command.updated",
             resource_type="command",
             resource_id=command_id,
-            details={"after": _jsonable(changes), "version": expected_version + 1},
+            details={"after": _jsonable(edit.changes), "version": expected_version + 1},
         )
     return True

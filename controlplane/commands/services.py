@@ -18,8 +18,9 @@ from django.db.models import F
 from django.db.models.functions import Coalesce, Now
 
 from controlplane.agents.models import Agent, AgentHealth, AgentStatus
-from controlplane.commands.models import ACTIVE_STATUSES, Command, CommandStatus
-from controlplane.commands.priority import queue_priority
+from controlplane.commands.models import ACTIVE_STATUSES, Command, CommandStatus, StatusReason
+from controlplane.commands.priority import priority_policy
+from controlplane.commands.transitions import requeue_values
 from controlplane.common.db import db_now, is_postgresql
 from controlplane.tenants.models import Tenant
 
@@ -34,15 +35,15 @@ class EnqueueError(ValueError):
     """The enqueue request is invalid; nothing was saved."""
 
 
-class JobNotFoundError(Exception):
-    """No such job, or not one this agent could ever hold (another tenant's, or the other kind)."""
+class CommandNotFoundError(Exception):
+    """No such command, or not one this agent could ever hold (another tenant's, or the other kind)."""
 
 
-class JobConflictError(Exception):
-    """The job is not held by this agent at this attempt, or not in a state the report applies to."""
+class CommandConflictError(Exception):
+    """The command is not held by this agent at this attempt, or not in a state the report applies to."""
 
-    def __init__(self, job_id: int, status: str) -> None:
-        super().__init__(f"job {job_id} is {status} and not held by this agent at this attempt")
+    def __init__(self, command_id: int, status: str) -> None:
+        super().__init__(f"job {command_id} is {status} and not held by this agent at this attempt")
         self.status = status
 
 
@@ -53,25 +54,13 @@ def queue_entry_priorities(tenant_id: int, plan: str, count: int) -> list[int]:
     """Priorities of `count` platform jobs of one tenant entering the queue now (wait 0): the
     i-th counts the tenant's waiting jobs, the ones before it and itself. Racing producers
     may each count the other's jobs or not; queue-priority recomputes the exact value on
-    its next run. Raises UnknownControllerError if queue-priority is not registered."""
-    # Imported late: the registry imports every controller, which imports the domain apps.
-    from reconcilers.registry import params_load
-
-    params: Any = params_load("queue-priority")  # QueuePriorityParams, typed in reconcilers
-    plan_base = params.plan_base
-    plan_base = plan_base.model_dump() if hasattr(plan_base, "model_dump") else dict(plan_base)
+    its next run."""
+    policy = priority_policy()
     waiting = Command.objects.filter(
         tenant_id=tenant_id, is_platform_job=True, status=CommandStatus.PENDING, agent__isnull=True
     ).count()
     return [
-        queue_priority(
-            plan=plan,
-            plan_base=plan_base,
-            wait_minutes=0,
-            age_bonus_per_minute=params.age_bonus_per_minute,
-            depth_bonus_max=params.depth_bonus_max,
-            tenant_pending_jobs=waiting + offset + 1,
-        )
+        policy.priority(plan=plan, wait_minutes=0, tenant_pending_jobs=waiting + offset + 1)
         for offset in range(count)
     ]
 
@@ -156,12 +145,39 @@ def command_enqueue(
     )[0]
 
 
+# --- release by a revoked holder ----------------------------------------------------------
+
+
+def commands_release_held(agent_id: int, *, at: datetime, actor: str, **signal: Any) -> list[int]:
+    """Requeue every acknowledged/running command the agent holds (reason holder_revoked),
+    set-based, in the caller's transaction; returns their ids. The receiver of the agents
+    app's `agent_revoked` signal.
+
+    target_agent is kept (it is never changed after creation): a tenant command pinned to
+    the revoked agent can no longer be claimed, so job-recovery's queue timeout ends it.
+    Lock order is agent row, then its commands, the same as command_claim, so no deadlock.
+    """
+    held = list(
+        Command.objects.select_for_update()
+        .filter(agent_id=agent_id, status__in=ACTIVE_STATUSES)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    if held:
+        Command.objects.filter(pk__in=held, agent_id=agent_id, status__in=ACTIVE_STATUSES).update(
+            **requeue_values(
+                at=at, reason=StatusReason.HOLDER_REVOKED, message=f"holder agent revoked by {actor}"
+            )
+        )
+    return held
+
+
 # --- claim -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class ClaimedJob:
-    job_id: int
+class ClaimedCommand:
+    command_id: int
     attempt: int
     kind: str
     payload: Any
@@ -201,8 +217,8 @@ _PICK_TENANT = """
 """
 
 
-def command_claim(agent_id: int) -> ClaimedJob | None:
-    """Give the agent its best next job, or None.
+def command_claim(agent_id: int) -> ClaimedCommand | None:
+    """Give the agent its best next command, or None.
 
     Platform agents get pending unclaimed platform jobs in dispatch order
     (queue_priority DESC, queued_at ASC, id ASC); tenant agents get their tenant's
@@ -258,11 +274,11 @@ def command_claim(agent_id: int) -> ClaimedJob | None:
             row = cursor.fetchone()
     if row is None:
         return None
-    job_id, attempt, kind, payload = row
-    log.debug("agent %s claimed job %s (attempt %s)", agent_id, job_id, attempt)
+    command_id, attempt, kind, payload = row
+    log.debug("agent %s claimed command %s (attempt %s)", agent_id, command_id, attempt)
     payload_field = Command._meta.get_field("payload")
-    return ClaimedJob(
-        job_id=job_id,
+    return ClaimedCommand(
+        command_id=command_id,
         attempt=attempt,
         kind=kind,
         payload=payload_field.from_db_value(payload, None, connection),  # type: ignore[arg-type]
@@ -273,39 +289,39 @@ def command_claim(agent_id: int) -> ClaimedJob | None:
 
 
 def _report(
-    agent: Agent, job_id: int, attempt: int, from_statuses: Sequence[str], values: dict[str, Any]
+    agent: Agent, command_id: int, attempt: int, from_statuses: Sequence[str], values: dict[str, Any]
 ) -> str:
     updated = Command.objects.filter(
-        pk=job_id, agent_id=agent.pk, dispatch_attempts=attempt, status__in=from_statuses
+        pk=command_id, agent_id=agent.pk, dispatch_attempts=attempt, status__in=from_statuses
     ).update(**values, version=F("version") + 1)
     if updated:
         return str(values["status"])
-    # Refused: tell "no such job (for you)" from "not yours at this attempt any more".
-    visible = Command.objects.filter(pk=job_id, is_platform_job=agent.is_platform_agent)
+    # Refused: tell "no such command (for you)" from "not yours at this attempt any more".
+    visible = Command.objects.filter(pk=command_id, is_platform_job=agent.is_platform_agent)
     if agent.tenant_id is not None:
         visible = visible.filter(tenant_id=agent.tenant_id)
     status = visible.values_list("status", flat=True).first()
     if status is None:
-        raise JobNotFoundError(job_id)
-    raise JobConflictError(job_id, status)
+        raise CommandNotFoundError(command_id)
+    raise CommandConflictError(command_id, status)
 
 
-def command_report_start(agent: Agent, job_id: int, attempt: int) -> str:
+def command_report_start(agent: Agent, command_id: int, attempt: int) -> str:
     """acknowledged -> running (started_at = database now). Returns the new status.
 
-    Raises JobNotFoundError, or JobConflictError when the job is not held by `agent` at
+    Raises CommandNotFoundError, or CommandConflictError when the command is not held by `agent` at
     `attempt` or is not acknowledged; nothing changes then.
     """
     return _report(
         agent,
-        job_id,
+        command_id,
         attempt,
         [CommandStatus.ACKNOWLEDGED],
         {"status": CommandStatus.RUNNING, "started_at": Now()},
     )
 
 
-def command_report_progress(agent: Agent, job_id: int, attempt: int, message: str = "") -> str:
+def command_report_progress(agent: Agent, command_id: int, attempt: int, message: str = "") -> str:
     """Record progress (last_progress_at = database now) on an acknowledged or running job.
 
     Progress implies the work has started, so an acknowledged job becomes running with
@@ -314,7 +330,7 @@ def command_report_progress(agent: Agent, job_id: int, attempt: int, message: st
     """
     status = _report(
         agent,
-        job_id,
+        command_id,
         attempt,
         list(ACTIVE_STATUSES),
         {
@@ -324,26 +340,26 @@ def command_report_progress(agent: Agent, job_id: int, attempt: int, message: st
         },
     )
     if message:
-        log.debug("job %s progress: %s", job_id, message[:200])
+        log.debug("command %s progress: %s", command_id, message[:200])
     return status
 
 
-def command_report_complete(agent: Agent, job_id: int, attempt: int) -> str:
+def command_report_complete(agent: Agent, command_id: int, attempt: int) -> str:
     """acknowledged/running -> completed (completed_at = database now); terminal."""
     return _report(
         agent,
-        job_id,
+        command_id,
         attempt,
         list(ACTIVE_STATUSES),
         {"status": CommandStatus.COMPLETED, "completed_at": Now()},
     )
 
 
-def command_report_fail(agent: Agent, job_id: int, attempt: int, error: str) -> str:
+def command_report_fail(agent: Agent, command_id: int, attempt: int, error: str) -> str:
     """acknowledged/running -> failed (completed_at = database now, error_message); terminal."""
     return _report(
         agent,
-        job_id,
+        command_id,
         attempt,
         list(ACTIVE_STATUSES),
         {

@@ -17,7 +17,7 @@ from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 
-from controlplane.audit.services import actor_for_user
+from controlplane.common.actors import actor_for_user
 from controlplane.common.errors import ConcurrentModificationError, InvalidTransition, OperatorActionError
 
 # Largest selection one admin action handles: several changelist pages, a few seconds of work.

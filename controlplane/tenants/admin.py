@@ -1,16 +1,10 @@
-"""Tenant admin, with an action that fills the queue for demos."""
+"""Tenant admin: names and plans. (The demo app adds an action that fills the queue.)"""
 
 from __future__ import annotations
 
-from django.contrib import admin, messages
-from django.db import transaction
-from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.contrib import admin
 
-from controlplane.commands.services import EnqueueError, command_enqueue_many
 from controlplane.tenants.models import Tenant
-
-DEMO_JOBS_PER_TENANT = 10
 
 
 @admin.register(Tenant)
@@ -18,24 +12,3 @@ class TenantAdmin(admin.ModelAdmin):
     list_display = ["name", "plan", "created_at"]
     list_filter = ["plan"]
     search_fields = ["name"]
-    actions = ["enqueue_demo_jobs"]
-
-    @admin.action(description=f"Enqueue {DEMO_JOBS_PER_TENANT} demo platform jobs for each selected tenant")
-    def enqueue_demo_jobs(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
-        total = 0
-        try:
-            # All tenants or none: a half-filled demo queue is harder to read than an error.
-            with transaction.atomic():
-                for tenant in queryset:
-                    total += len(
-                        command_enqueue_many(
-                            tenant,
-                            "demo",
-                            [{"n": i} for i in range(DEMO_JOBS_PER_TENANT)],
-                            is_platform_job=True,
-                        )
-                    )
-        except EnqueueError as exc:
-            self.message_user(request, f"Nothing enqueued: {exc}", level=messages.ERROR)
-            return
-        self.message_user(request, f"Enqueued {total} demo job(s).", level=messages.SUCCESS)

@@ -15,7 +15,8 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from controlplane.audit.services import actor_for_user, audit_record
+from controlplane.audit.services import audit_record
+from controlplane.common.actors import actor_for_user
 from controlplane.common.operator_admin import operator_action_apply
 from controlplane.tokens.models import BootstrapToken
 from controlplane.tokens.services import token_issue, token_revoke

@@ -16,7 +16,7 @@ from django.db.models import F
 from django.db.models.functions import Now
 
 from controlplane.agents.services import CreatedAgent, agent_create
-from controlplane.audit.services import actor_for_controller
+from controlplane.common.actors import actor_for_controller
 from controlplane.common.secrets import secret_lookup
 from controlplane.tokens.models import BootstrapToken, TokenStatus
 

@@ -1,5 +1,5 @@
 """agent-health: agents that stopped heartbeating (or whose lease expired) become offline,
-and expired leases are deleted.
+and expired leases are deleted (design.md §5.1).
 
 Only `online` agents are judged: unknown (never seen), error (reported by the agent)
 and offline agents are left alone, and the admin `status` is never touched. Every

@@ -1,4 +1,4 @@
-"""audit-retention: deletes audit logs older than `retention_days`, oldest first, in batches.
+"""audit-retention: deletes audit logs older than `retention_days`, oldest first, in batches (design.md §5.5).
 
 Compliance-critical, so it is conservative: a retention below one day is refused at
 config time and again at run time (never "delete everything"); each batch is its own
@@ -25,7 +25,8 @@ from django.db.models import Count, Max, Min, QuerySet
 from pydantic import Field, field_validator
 
 from controlplane.audit.models import AuditLog
-from controlplane.audit.services import actor_for_controller, audit_record
+from controlplane.audit.services import audit_record
+from controlplane.common.actors import actor_for_controller
 from reconcilers.runtime.contract import Controller, ControllerParams, ReconcileContext, ReconcileResult
 
 RETENTION_WARN_BELOW_DAYS = 365  # SOC 2 and PCI DSS minimum; HIPAA asks six years

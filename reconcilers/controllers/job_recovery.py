@@ -1,5 +1,7 @@
 """job-recovery: nothing stays acknowledged or running forever, nothing waits in the queue forever.
 
+Steps and reason codes: design.md §5.2.
+
 Active jobs without progress, held by an agent that is gone, or (tenant commands)
 acknowledged but never started are requeued while they have attempts left, and failed
 with `retries_exhausted` once they do not. Attempts count claims (the claim increments
@@ -198,12 +200,3 @@ class JobRecoveryController(Controller):
         return Command.objects.filter(status__in=ACTIVE_STATUSES).filter(
             Q(agent_id=None) | Q(agent_id__in=unhealthy.values("pk"))
         )
-
-    def config_warnings(self, params: ControllerParams) -> list[str]:
-        assert isinstance(params, JobRecoveryParams)
-        from reconcilers.controllers.queue_priority import QueuePriorityParams, fairness_warnings
-        from reconcilers.registry import params_load
-
-        priority: Any = params_load("queue-priority")
-        assert isinstance(priority, QueuePriorityParams)
-        return fairness_warnings(priority, params.max_queue_minutes)

@@ -1,4 +1,4 @@
-"""queue-priority: keeps every waiting platform job's `queue_priority` equal to the formula.
+"""queue-priority: keeps every waiting platform job's `queue_priority` equal to the formula (design.md §5.3).
 
 Converges `queue_priority` of pending, unclaimed platform jobs to
 `plan_base[plan] + wait_minutes * age_bonus_per_minute + max(0, depth_bonus_max - depth)`
@@ -20,28 +20,36 @@ from django.db.models import Count, Q, QuerySet
 from pydantic import Field, field_validator
 
 from controlplane.commands.models import Command, CommandStatus
+from controlplane.commands.priority import (
+    AGE_BONUS_PER_MINUTE_DEFAULT,
+    DEPTH_BONUS_MAX_DEFAULT,
+    PLAN_BASE_DEFAULT,
+)
 from controlplane.tenants.models import Plan
 from reconcilers.queries.expressions import expression_sql, wait_minutes_expression
 from reconcilers.runtime.contract import Controller, ControllerParams, ReconcileContext, ReconcileResult
 
 BATCH_SIZE = 5000  # jobs per UPDATE: one short transaction each; claimers skip locked rows, never wait
 PlanName = Literal["free", "team", "business", "enterprise"]
-PLAN_BASE_DEFAULT: dict[PlanName, int] = {"enterprise": 100, "business": 75, "team": 50, "free": 25}
 PLAN_BASE_MAX = 10_000
 PlanBase = Annotated[int, Field(ge=0, le=PLAN_BASE_MAX)]
 Position = tuple[datetime, int]  # (queued_at, id): where a batch of waiting jobs ends
 
 
 class QueuePriorityParams(ControllerParams):
+    # The defaults are the domain's policy defaults (controlplane.commands.priority).
     plan_base: dict[PlanName, PlanBase] = Field(
-        default_factory=lambda: dict(PLAN_BASE_DEFAULT),
+        default_factory=lambda: dict(PLAN_BASE_DEFAULT),  # type: ignore[arg-type]
         description="Base priority per tenant plan (all four plans, each 0..10000).",
     )
     age_bonus_per_minute: int = Field(
-        2, ge=1, le=1000, description="Priority gained per whole minute waited."
+        AGE_BONUS_PER_MINUTE_DEFAULT, ge=1, le=1000, description="Priority gained per whole minute waited."
     )
     depth_bonus_max: int = Field(
-        10, ge=0, le=1000, description="Bonus for tenants with few waiting jobs: max(0, this - depth)."
+        DEPTH_BONUS_MAX_DEFAULT,
+        ge=0,
+        le=1000,
+        description="Bonus for tenants with few waiting jobs: max(0, this - depth).",
     )
 
     @field_validator("plan_base")
@@ -54,7 +62,9 @@ class QueuePriorityParams(ControllerParams):
 
 
 def fairness_bound_minutes(params: QueuePriorityParams) -> float:
-    """Longest a job waits behind newer work while claims keep up with arrivals."""
+    """Longest a job waits behind newer work while claims keep up with arrivals
+    (design.md §5.3; the reconciler app's services compare it with job-recovery's
+    max_queue_minutes)."""
     gap = max(params.plan_base.values()) - min(params.plan_base.values())
     return (gap + params.depth_bonus_max) / params.age_bonus_per_minute
 
@@ -167,10 +177,6 @@ class QueuePriorityController(Controller):
             for tenant_id, plan, depth in depths
         }
 
-    def config_warnings(self, params: ControllerParams) -> list[str]:
-        assert isinstance(params, QueuePriorityParams)
-        return fairness_warnings(params, _max_queue_minutes())
-
 
 def _parts_relation(tenant_part: dict[int, int]) -> tuple[str, list[Any]]:
     """The (tenant_id, part) snapshot as a relation, in a fixed number of parameters (a
@@ -181,24 +187,3 @@ def _parts_relation(tenant_part: dict[int, int]) -> tuple[str, list[Any]]:
             list(tenant_part.values()),
         ]
     return "SELECT CAST(key AS INTEGER), value FROM json_each(%s)", [json.dumps(tenant_part)]
-
-
-def fairness_warnings(params: QueuePriorityParams, max_queue_minutes: int) -> list[str]:
-    bound = fairness_bound_minutes(params)
-    if bound < max_queue_minutes:
-        return []
-    return [
-        f"queue-priority fairness bound is {bound:g} minutes ((largest plan gap + depth_bonus_max) / "
-        f"age_bonus_per_minute), not below job-recovery's max_queue_minutes ({max_queue_minutes}): "
-        "a low-plan job can expire in the queue behind newer higher-plan work"
-    ]
-
-
-def _max_queue_minutes() -> int:
-    from reconcilers.registry import UnknownControllerError, params_load
-
-    try:
-        params: Any = params_load("job-recovery")
-    except UnknownControllerError:
-        return 60  # job-recovery's default, until it is registered
-    return int(params.max_queue_minutes)

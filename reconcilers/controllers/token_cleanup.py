@@ -1,5 +1,5 @@
 """token-cleanup: moves bootstrap tokens out of `active` when they can no longer register
-an agent, and deletes non-active tokens once their grace period has passed.
+an agent, and deletes non-active tokens once their grace period has passed (design.md §5.4).
 
 Steps run deletes first, so a token changed by this run is only deleted by a later one:
 operators always get at least one interval (plus `grace_days`) to see why a token

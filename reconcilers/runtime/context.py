@@ -1,4 +1,5 @@
-"""The per-run context handed to a controller: clock, params, fenced transactions, checkpoints."""
+"""The per-run context handed to a controller: clock (design.md §4.7), params, fenced transactions,
+checkpoints and timeouts (§4.8), dry-run rollback (§4.6)."""
 
 from __future__ import annotations
 

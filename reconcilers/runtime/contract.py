@@ -1,4 +1,4 @@
-"""The public contract between the runtime and a controller: small on purpose.
+"""The public contract between the runtime and a controller (design.md §4.1): small on purpose.
 
 A controller declares its name, default interval, step names and a typed parameter
 schema, and implements `reconcile(ctx) -> ReconcileResult`. Everything else (lock,

@@ -1,4 +1,4 @@
-"""Fencing tokens from the database: a grant per lock acquisition, checked in every write.
+"""Fencing tokens from the database: a grant per lock acquisition, checked in every write (design.md §4.4).
 
 Once a newer holder has taken its token, an older holder can never commit again: each
 of its write transactions ends with `UPDATE ... WHERE fence = :mine`, which matches no
@@ -27,12 +27,7 @@ class Grant:
     last_real_started_at: datetime | None
 
 
-def fence_grant(controller: str, holder: str) -> int:
-    """Advance and return the controller's fencing token (see `grant_take`)."""
-    return grant_take(controller, holder).fence
-
-
-def grant_take(controller: str, holder: str) -> Grant:
+def fence_grant(controller: str, holder: str) -> Grant:
     """Advance the controller's fencing token and read the database clock, in one statement.
 
     One `UPDATE ... RETURNING`: outside a transaction (as the runner calls it) it commits

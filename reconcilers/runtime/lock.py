@@ -1,4 +1,4 @@
-"""The run-once-across-the-cluster lock: a backend interface, Redis and database backends, renewal.
+"""The run-once-across-the-cluster lock (design.md §4.4): backends (Redis, database), renewal.
 
 Layered after Sentry's locks: `lock_backend()` picks a backend from settings, a backend
 only knows acquire/renew/release of a key with a token, and `LockRenewer` keeps a held

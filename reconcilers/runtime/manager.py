@@ -1,9 +1,9 @@
-"""The in-process manager (seed `Manager`): every controller in its own thread, for single-node
+"""The in-process manager (design.md §4.13): every controller in its own thread, for single-node
 installs and tests without a broker.
 
 Each thread runs its controller at start, then every interval plus a random jitter (read
 from the config before each wait, so a change applies without a restart), always through
-`run_controller`: the same lock, fencing, too-soon guard and run history as under Celery.
+the runner: the same lock, fencing, too-soon guard and run history as under Celery.
 Positive jitter keeps the gap between two runs at least one interval, so the too-soon
 guard never trips on the manager's own schedule.
 """
@@ -17,9 +17,10 @@ from collections.abc import Callable
 
 from django.db import connection
 
-from reconcilers import registry
+from reconcilers.runtime.config import config_effective
 from reconcilers.runtime.contract import Controller
-from reconcilers.runtime.runner import RunSummary, config_effective, run_controller
+from reconcilers.runtime.runner import run
+from reconcilers.runtime.summary import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -28,43 +29,43 @@ STOP_JOIN_SECONDS = 30.0  # how long stop() waits for a run in progress to reach
 
 
 class Manager:
-    """Registers controllers by name and runs each in its own thread until stopped."""
+    """Controllers are added to it (it looks none up); it runs each in its own thread until stopped."""
 
     def __init__(
         self,
         *,
-        runner: Callable[..., RunSummary] = run_controller,
+        runner: Callable[..., RunSummary] = run,
         jitter_fraction: float = JITTER_FRACTION,
     ) -> None:
-        self._names: list[str] = []
+        self._controllers: dict[str, Controller] = {}
         self._runner = runner
         self._jitter_fraction = jitter_fraction
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def register(self, controller: str | Controller) -> None:
-        """Add a registered controller (by name or instance); a duplicate name is an error."""
-        name = controller if isinstance(controller, str) else controller.name
-        registry.controller_get(name)  # unknown names fail here, not in a thread later
-        if name in self._names:
-            raise ValueError(f"controller {name!r} is already registered")
-        self._names.append(name)
+    def register(self, controller: Controller) -> None:
+        """Add a controller; a duplicate name is an error."""
+        if controller.name in self._controllers:
+            raise ValueError(f"controller {controller.name!r} is already registered")
+        self._controllers[controller.name] = controller
 
     def controller_count(self) -> int:
-        return len(self._names)
+        return len(self._controllers)
 
     def controller_names(self) -> list[str]:
-        return list(self._names)
+        return list(self._controllers)
 
     def start(self) -> None:
         if self._threads:
             raise RuntimeError("manager already started")
         self._stop.clear()
-        for name in self._names:
-            thread = threading.Thread(target=self._loop, args=(name,), name=f"controller-{name}", daemon=True)
+        for name, controller in self._controllers.items():
+            thread = threading.Thread(
+                target=self._loop, args=(controller,), name=f"controller-{name}", daemon=True
+            )
             self._threads.append(thread)
             thread.start()
-        log.info("manager started %d controllers: %s", len(self._names), ", ".join(self._names))
+        log.info("manager started %d controllers: %s", len(self._controllers), ", ".join(self._controllers))
 
     def request_stop(self) -> None:
         """Ask the threads to stop after their current run, without waiting (signal-handler safe)."""
@@ -93,21 +94,21 @@ class Manager:
         """Block until stop() is called (True) or `timeout` passes (False)."""
         return self._stop.wait(timeout)
 
-    def _loop(self, name: str) -> None:
+    def _loop(self, controller: Controller) -> None:
         try:
             while not self._stop.is_set():
                 try:
-                    self._runner(name, trigger="manager")
+                    self._runner(controller, trigger="manager")
                 except Exception:  # the runner records its own failures; this is a last resort
-                    log.exception("%s: run failed in the manager thread", name)
-                self._stop.wait(self._next_wait(name))
+                    log.exception("%s: run failed in the manager thread", controller.name)
+                self._stop.wait(self._next_wait(controller))
         finally:
             connection.close()  # each thread has its own database connection
 
-    def _next_wait(self, name: str) -> float:
+    def _next_wait(self, controller: Controller) -> float:
         try:
-            interval = float(config_effective(registry.controller_get(name)).interval_seconds)
+            interval = float(config_effective(controller).period_seconds)
         except Exception:
-            log.exception("%s: cannot read its interval, using the default", name)
-            interval = float(registry.controller_get(name).default_interval_seconds)
+            log.exception("%s: cannot read its interval, using the default", controller.name)
+            interval = float(controller.default_interval_seconds)
         return interval + random.uniform(0, self._jitter_fraction * interval)

@@ -1,4 +1,4 @@
-"""Every controller metric, defined once: the seed's Metrics interface, Prometheus and no-op.
+"""Every controller metric, defined once: the Metrics interface, Prometheus and no-op (design.md §4.12).
 
 Names: `<METRICS_NAMESPACE>_controller_<metric>`; every label combination of the
 registered controllers is pre-created at 0 so a dashboard or alert never sees a gap.
@@ -35,7 +35,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics(Protocol):
-    """The seed interface, plus what the runtime reports beyond it."""
+    """What the runtime reports about runs: one method per event, whatever the backend."""
 
     def record_reconcile(
         self, controller: str, items_processed: int, duration_seconds: float, err: BaseException | None
@@ -230,15 +230,14 @@ def metrics() -> PrometheusMetrics:
     return PrometheusMetrics(settings.METRICS_NAMESPACE)
 
 
-def metrics_precreate(configs: Mapping[str, tuple[bool, bool, int]] | None = None) -> None:
-    """Pre-create every series of the registered controllers at 0 and publish their config
-    gauges (`configs`: name -> (enabled, dry_run, interval_seconds), read from the database
-    by the caller when it can)."""
-    from reconcilers import registry
-
-    names = registry.controller_names()
+def metrics_precreate(
+    controllers: Iterable[str], configs: Mapping[str, tuple[bool, bool, int]] | None = None
+) -> None:
+    """Pre-create every series of `controllers` at 0 and publish their config gauges
+    (`configs`: name -> (enabled, dry_run, interval_seconds), read from the database by the
+    caller when it can). The caller names the controllers: the runtime knows no registry."""
     instance = metrics()
-    instance.precreate(names)
+    instance.precreate(controllers)
     for name, (enabled, dry_run, interval) in (configs or {}).items():
         instance.set_config(name, enabled=enabled, dry_run=dry_run, interval_seconds=interval)
 

@@ -1,9 +1,10 @@
 """The runner: one reconcile of one controller, with every cross-cutting concern in one place.
 
-Order: config (defaults if the row is missing) -> global pause -> disabled -> lock ->
-fencing token -> too-soon claim -> database clock -> reconcile -> record the run ->
-metrics -> release -> prune history. Celery tasks, the CLI, the admin and the in-process
-manager all call `run_controller`; nothing else runs a controller.
+Order (design.md §4): config -> global pause -> disabled -> lock -> fencing token ->
+too-soon claim -> database clock -> reconcile -> record the run -> metrics -> release ->
+prune history. The runner is handed a Controller and knows no registry: the reconciler
+app's `run_controller(name)` resolves a name, and Celery tasks, the CLI, the admin and
+the in-process manager all go through it.
 """
 
 from __future__ import annotations
@@ -14,36 +15,31 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import replace
 from datetime import datetime, timedelta
-from types import MappingProxyType
-from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError
 from django.db.models import Q
-from pydantic import ValidationError
 
 from controlplane.common.db import db_now
-from reconcilers import registry
-from reconcilers.models import (
-    ReconcilerConfig,
-    ReconcilerState,
-    ReconcileRun,
-    RunOutcome,
-    RunReason,
-    RuntimeSwitch,
-)
+from reconcilers.models import ReconcilerState, ReconcileRun, RunReason
+from reconcilers.runtime.config import EffectiveConfig, config_effective, paused_globally
 from reconcilers.runtime.context import RunContext, reconcile_in_context
-from reconcilers.runtime.contract import Controller, ControllerParams, LockLostError, RunTimeoutError
-from reconcilers.runtime.fencing import fence_current, grant_take
+from reconcilers.runtime.contract import (
+    Controller,
+    ControllerParams,
+    LockLostError,
+    ReconcileResult,
+    RunTimeoutError,
+)
+from reconcilers.runtime.fencing import fence_current, fence_grant
 from reconcilers.runtime.lock import LockRenewer, LockUnavailableError, lock_acquire, lock_ttl_seconds
 from reconcilers.runtime.metrics import Metrics, metrics
+from reconcilers.runtime.summary import RunSummary
 
 log = logging.getLogger(__name__)
 
-RUN_TIMEOUT_CAP_SECONDS = 3600  # default run timeout is min(interval, this)
 PRUNE_BATCH_ROWS = 1000  # rows per history delete: a short statement on the (controller, started_at) index
 PRUNE_MAX_BATCHES = 100  # per run; a larger backlog continues at the next run
 # History is kept for days, so pruning after every run of a 30 s controller only adds a
@@ -52,96 +48,12 @@ PRUNE_INTERVAL_SECONDS = 300.0
 _pruned_at: dict[str, float] = {}  # controller -> time.monotonic() of this process's last prune
 
 
-@dataclass(frozen=True)
-class EffectiveConfig:
-    """The config a run uses: the database row, or the controller's defaults if it is missing."""
-
-    enabled: bool
-    interval_seconds: int
-    dry_run: bool
-    run_timeout_seconds: int
-    params: ControllerParams
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What one run did. `as_json()` has exactly the CLI's keys (SPEC section 6)."""
-
-    controller: str
-    outcome: str
-    reason: str | None
-    items: int
-    steps: Mapping[str, int]
-    dry_run: bool
-    would_change: Mapping[str, int]
-    flags: Mapping[str, bool]
-    fence: int | None
-    duration_s: float
-    run_id: int | None = None
-    error: str = field(default="", repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "would_change", "flags"):
-            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "controller": self.controller,
-            "outcome": self.outcome,
-            "reason": self.reason,
-            "items": self.items,
-            "steps": dict(self.steps),
-            "dry_run": self.dry_run,
-            "would_change": dict(self.would_change),
-            "flags": dict(self.flags),
-            "fence": self.fence,
-            "duration_s": self.duration_s,
-        }
-
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON keys plus run_id (what a Celery task returns, so Flower shows it)."""
-        return {**self.as_json(), "run_id": self.run_id}
-
-
 def worker_host() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def config_effective(controller: Controller) -> EffectiveConfig:
-    """Read the controller's config row; fall back to its defaults (row missing or params
-    no longer valid after a hand edit, logged)."""
-    row = ReconcilerConfig.objects.filter(name=controller.name).first()
-    if row is None:
-        interval = controller.default_interval_seconds
-        return EffectiveConfig(
-            enabled=True,
-            interval_seconds=interval,
-            dry_run=False,
-            run_timeout_seconds=min(interval, RUN_TIMEOUT_CAP_SECONDS),
-            params=controller.default_params(),
-        )
-    try:
-        params = controller.validate_params(row.params or {})
-    except ValidationError as exc:
-        log.error("%s: invalid params in the database, using defaults: %s", controller.name, exc)
-        params = controller.default_params()
-    return EffectiveConfig(
-        enabled=row.enabled,
-        interval_seconds=row.interval_seconds,
-        dry_run=row.dry_run,
-        run_timeout_seconds=row.run_timeout_seconds,
-        params=params,
-    )
-
-
-def paused_globally() -> bool:
-    if settings.RECONCILERS_PAUSED:
-        return True
-    return bool(RuntimeSwitch.objects.filter(pk=1).values_list("paused", flat=True).first())
-
-
-def run_controller(
-    name: str,
+def run(
+    controller: Controller,
     *,
     dry_run: bool | None = None,
     force: bool = False,
@@ -149,34 +61,27 @@ def run_controller(
     trigger: str = "manual",
     metrics_sink: Metrics | None = None,
 ) -> RunSummary:
-    """Run one reconcile of controller `name` through the full runtime and record it.
+    """Run one reconcile of `controller` through the full runtime and record it.
 
     `dry_run` None means the config's flag decides. `force` bypasses paused, disabled and
-    too_soon, never the lock. No exception escapes (an unknown name raises
-    UnknownControllerError before anything runs); the outcome is in the summary and in a
+    too_soon, never the lock. No exception escapes: the outcome is in the summary and in a
     ReconcileRun row.
     """
-    controller = registry.controller_get(name)
     sink = metrics_sink or metrics()
     started = time.monotonic()
     try:
         return _Run(controller, sink, dry_run, force, ignore_brake, trigger, started).execute()
     except Exception as exc:  # the database itself failed: nothing could be recorded
-        log.exception("%s: run failed outside the controller", name)
-        sink.increment_reconcile_errors(name)
-        sink.record_reconcile(name, 0, time.monotonic() - started, exc)
-        return RunSummary(
-            controller=name,
-            outcome=RunOutcome.ERROR,
-            reason=RunReason.EXCEPTION,
-            items=0,
-            steps={},
+        log.exception("%s: run failed outside the controller", controller.name)
+        sink.increment_reconcile_errors(controller.name)
+        sink.record_reconcile(controller.name, 0, time.monotonic() - started, exc)
+        return RunSummary.error(
+            controller.name,
+            RunReason.EXCEPTION,
             dry_run=bool(dry_run),
-            would_change={},
-            flags={},
             fence=None,
-            duration_s=round(time.monotonic() - started, 6),
-            error=traceback.format_exc(),
+            duration_s=time.monotonic() - started,
+            error_text=traceback.format_exc(),
         )
 
 
@@ -228,24 +133,29 @@ class _Run:
         lost = threading.Event()
         renewer = LockRenewer(held, lost).start()
         try:
-            return self.locked(config, dry_run, lost)
+            return self.run_holding_lock(config, dry_run, lost)
         finally:
             renewer.stop()
             held.release()
             self.prune()
 
-    def locked(self, config: EffectiveConfig, dry_run: bool, lost: threading.Event) -> RunSummary:
-        grant = grant_take(self.name, self.host)
+    def params(self, config: EffectiveConfig) -> ControllerParams:
+        if config.params is not None:
+            return config.params
+        log.error("%s: invalid params in the database, using defaults: %s", self.name, config.error)
+        return self.controller.default_params()
+
+    def run_holding_lock(self, config: EffectiveConfig, dry_run: bool, lost: threading.Event) -> RunSummary:
+        grant = fence_grant(self.name, self.host)
         fence = grant.fence
         started_at = grant.at  # the run's one clock: every step's cutoffs use it
-        previous_anchor = grant.last_real_started_at
         claimed = False
         if not dry_run:
-            claimed = self.anchor_claim(fence, started_at, config.interval_seconds)
+            claimed = self.anchor_claim(fence, started_at, config.period_seconds)
             if not claimed:
                 if fence_current(self.name) != fence:
-                    return self.finish(
-                        started_at, dry_run, fence, None, LockLostError("newer grant before start"), ""
+                    return self.fail(
+                        started_at, dry_run, fence, LockLostError("newer grant before start"), ""
                     )
                 if not self.force:
                     return self.skip(RunReason.TOO_SOON, dry_run, started_at=started_at, fence=fence)
@@ -253,7 +163,7 @@ class _Run:
             controller=self.name,
             now=started_at,
             fence=fence,
-            params=config.params,
+            params=self.params(config),
             dry_run=dry_run,
             ignore_brake=self.ignore_brake,
             timeout_seconds=float(config.run_timeout_seconds),
@@ -265,17 +175,17 @@ class _Run:
             result = reconcile_in_context(self.controller, ctx)
         except Exception as exc:
             if claimed:
-                self.anchor_restore(started_at, previous_anchor)
-            return self.finish(started_at, dry_run, fence, None, exc, traceback.format_exc())
+                self.anchor_restore(started_at, grant.last_real_started_at)
+            return self.fail(started_at, dry_run, fence, exc, traceback.format_exc())
         finally:
             self.sink.set_controller_running(self.name, False)
-        return self.finish(started_at, dry_run, fence, result, None, "")
+        return self.succeed(started_at, dry_run, fence, result)
 
-    def anchor_claim(self, fence: int, started_at: datetime, interval_seconds: int) -> bool:
+    def anchor_claim(self, fence: int, started_at: datetime, period_seconds: int) -> bool:
         """Atomically: is the previous successful real start far enough back, and if so make
-        this start the anchor. Fenced, so a holder that lost its grant cannot move it.
-        A forced run moves the anchor without the gap condition."""
-        gap = timedelta(seconds=settings.RECONCILERS_MIN_GAP_FRACTION * interval_seconds)
+        this start the anchor (design.md §4.5). Fenced, so a holder that lost its grant
+        cannot move it. A forced run moves the anchor without the gap condition."""
+        gap = timedelta(seconds=settings.RECONCILERS_MIN_GAP_FRACTION * period_seconds)
         rows = ReconcilerState.objects.filter(controller=self.name, fence=fence)
         if not self.force:
             rows = rows.filter(
@@ -290,118 +200,81 @@ class _Run:
             last_real_started_at=previous
         )
 
-    def finish(
-        self,
-        started_at: datetime,
-        dry_run: bool,
-        fence: int,
-        result: Any,
-        exc: BaseException | None,
-        error_text: str,
-    ) -> RunSummary:
-        steps: dict[str, int] = {}
-        would_change: dict[str, int] = {}
-        flags: dict[str, bool] = {}
-        items = 0
-        reason: str | None = None
-        outcome = RunOutcome.SUCCESS
-        if exc is not None:
-            outcome = RunOutcome.ERROR
-            reason = _error_reason(exc)
-            error_text = error_text or f"{type(exc).__name__}: {exc}"
-            log.error("%s: run failed (%s): %s", self.name, reason, exc)
-        else:
-            flags = {key: bool(value) for key, value in result.flags.items()}
-            if dry_run:
-                steps = dict.fromkeys(result.steps, 0)
-                would_change = dict(result.steps)
-            else:
-                steps = dict(result.steps)
-                items = int(result.items)
+    def succeed(self, started_at: datetime, dry_run: bool, fence: int, result: ReconcileResult) -> RunSummary:
         finished_at = self.clock = db_now()
         duration = time.monotonic() - self.started
-        run = ReconcileRun.objects.create(
-            controller=self.name,
-            started_at=started_at,
-            finished_at=finished_at,
-            outcome=outcome,
-            reason=reason or "",
-            items=items,
-            steps=steps,
-            would_change=would_change,
-            flags=flags,
-            dry_run=dry_run,
-            forced=self.force,
-            fence=fence,
-            worker_host=self.host,
-            error=error_text,
+        summary = RunSummary.success(self.name, result, dry_run=dry_run, fence=fence, duration_s=duration)
+        run = self.record(summary, started_at, finished_at)
+        self.sink.record_reconcile(self.name, summary.items, duration, None)
+        self.sink.set_last_reconcile_time(self.name, finished_at)
+        self.sink.set_brake_engaged(self.name, summary.flags.get("brake_engaged", False))
+        if dry_run:
+            self.sink.set_dry_run_pending_items(self.name, sum(summary.would_change.values()))
+        log.info(
+            "%s: %s run done trigger=%s items=%d steps=%s would_change=%s flags=%s fence=%d %.3fs",
+            self.name,
+            "dry" if dry_run else "real",
+            self.trigger,
+            summary.items,
+            dict(summary.steps),
+            dict(summary.would_change),
+            dict(summary.flags),
+            fence,
+            duration,
         )
-        self.sink.record_reconcile(self.name, items, duration, exc)
-        if exc is not None:
-            self.sink.increment_reconcile_errors(self.name)
-            if reason == RunReason.LOCK_LOST:
-                self.sink.increment_lock_lost(self.name)
-        else:
-            self.sink.set_last_reconcile_time(self.name, finished_at)
-            self.sink.set_brake_engaged(self.name, flags.get("brake_engaged", False))
-            if dry_run:
-                self.sink.set_dry_run_pending_items(self.name, sum(would_change.values()))
-            log.info(
-                "%s: %s run done trigger=%s items=%d steps=%s would_change=%s flags=%s fence=%d %.3fs",
-                self.name,
-                "dry" if dry_run else "real",
-                self.trigger,
-                items,
-                steps,
-                would_change,
-                flags,
-                fence,
-                duration,
-            )
-        return RunSummary(
-            controller=self.name,
-            outcome=outcome,
-            reason=reason,
-            items=items,
-            steps=steps,
+        return replace(summary, run_id=run.pk)
+
+    def fail(
+        self, started_at: datetime, dry_run: bool, fence: int, exc: BaseException, error_text: str
+    ) -> RunSummary:
+        reason = _error_reason(exc)
+        log.error("%s: run failed (%s): %s", self.name, reason, exc)
+        finished_at = self.clock = db_now()
+        duration = time.monotonic() - self.started
+        summary = RunSummary.error(
+            self.name,
+            reason,
             dry_run=dry_run,
-            would_change=would_change,
-            flags=flags,
             fence=fence,
-            duration_s=round(duration, 6),
-            run_id=run.pk,
-            error=error_text,
+            duration_s=duration,
+            error_text=error_text or f"{type(exc).__name__}: {exc}",
         )
+        run = self.record(summary, started_at, finished_at)
+        self.sink.record_reconcile(self.name, 0, duration, exc)
+        self.sink.increment_reconcile_errors(self.name)
+        if reason == RunReason.LOCK_LOST:
+            self.sink.increment_lock_lost(self.name)
+        return replace(summary, run_id=run.pk)
 
     def skip(
         self, reason: str, dry_run: bool, *, started_at: datetime | None = None, fence: int | None = None
     ) -> RunSummary:
         at = self.clock = started_at or db_now()
-        run = ReconcileRun.objects.create(
-            controller=self.name,
-            started_at=at,
-            finished_at=at,
-            outcome=RunOutcome.SKIPPED,
-            reason=reason,
-            dry_run=dry_run,
-            forced=self.force,
-            fence=fence,
-            worker_host=self.host,
+        summary = RunSummary.skipped(
+            self.name, reason, dry_run=dry_run, fence=fence, duration_s=time.monotonic() - self.started
         )
+        run = self.record(summary, at, at)
         self.sink.record_skip(self.name, reason)
         log.info("%s: skipped (%s) trigger=%s", self.name, reason, self.trigger)
-        return RunSummary(
+        return replace(summary, run_id=run.pk)
+
+    def record(self, summary: RunSummary, started_at: datetime, finished_at: datetime) -> ReconcileRun:
+        """The run's history row (design.md §4.10)."""
+        return ReconcileRun.objects.create(
             controller=self.name,
-            outcome=RunOutcome.SKIPPED,
-            reason=reason,
-            items=0,
-            steps={},
-            dry_run=dry_run,
-            would_change={},
-            flags={},
-            fence=fence,
-            duration_s=round(time.monotonic() - self.started, 6),
-            run_id=run.pk,
+            started_at=started_at,
+            finished_at=finished_at,
+            outcome=summary.outcome,
+            reason=summary.reason or "",
+            items=summary.items,
+            steps=dict(summary.steps),
+            would_change=dict(summary.would_change),
+            flags=dict(summary.flags),
+            dry_run=summary.dry_run,
+            forced=self.force,
+            fence=summary.fence,
+            worker_host=self.host,
+            error=summary.error_text,
         )
 
     def prune(self) -> None:

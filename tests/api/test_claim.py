@@ -164,8 +164,8 @@ def test_eight_concurrent_claimers_take_each_job_once_and_always_the_best_remain
                 if job is None:
                     return
                 with lock:
-                    claims.append((started, finished, job.job_id))
-                command_report_complete(agent, job.job_id, job.attempt)
+                    claims.append((started, finished, job.command_id))
+                command_report_complete(agent, job.command_id, job.attempt)
         finally:
             connection.close()
 

@@ -22,7 +22,7 @@ from tests.api.conftest import db_snapshot
 
 
 def _set_queue_params(**params: Any) -> None:
-    ReconcilerConfig.objects.update_or_create(name="queue-priority", defaults={"params": params})
+    ReconcilerConfig.objects.update_or_create(controller="queue-priority", defaults={"params": params})
 
 
 @pytest.mark.django_db

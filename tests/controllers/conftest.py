@@ -34,7 +34,7 @@ def run_context(
     return RunContext(
         controller=name,
         now=now or db_now(),
-        fence=fence if fence is not None else fence_grant(name, "test"),
+        fence=fence if fence is not None else fence_grant(name, "test").fence,
         params=params if params is not None else controller.validate_params(overrides),
         dry_run=dry_run,
         ignore_brake=ignore_brake,

@@ -20,6 +20,7 @@ from reconcilers.registry import controller_get
 from reconcilers.runtime.context import reconcile_in_context
 from reconcilers.runtime.contract import LockLostError
 from reconcilers.runtime.fencing import fence_grant
+from reconcilers.services import config_warnings
 from tests.controllers.conftest import RunController, count_queries, run_context, table_snapshot
 
 NAME = "job-recovery"
@@ -68,7 +69,7 @@ def test_claim_stuck_recover_until_max_retries_then_failed(
     for attempt in (1, 2, 3):
         claimed = command_claim(agent.pk)
         assert claimed is not None
-        assert (claimed.job_id, claimed.attempt) == (job.pk, attempt)
+        assert (claimed.command_id, claimed.attempt) == (job.pk, attempt)
         now += timedelta(minutes=31)  # no progress for longer than stuck_threshold_minutes
         Agent.objects.filter(pk=agent.pk).update(last_seen_at=now)
         result = run_controller(NAME, now=now)
@@ -359,6 +360,5 @@ def test_params() -> None:
 
 @pytest.mark.django_db
 def test_warns_when_max_queue_minutes_drops_below_the_fairness_bound() -> None:
-    controller = controller_get(NAME)
-    assert controller.config_warnings(JobRecoveryParams()) == []
-    assert "max_queue_minutes" in controller.config_warnings(JobRecoveryParams(max_queue_minutes=40))[0]
+    assert config_warnings(NAME, JobRecoveryParams().model_dump()) == []
+    assert "max_queue_minutes" in config_warnings(NAME, {"max_queue_minutes": 40})[0]

@@ -17,11 +17,12 @@ from controlplane.commands.priority import DISPATCH_ORDER, queue_priority, wait_
 from controlplane.common.db import db_now
 from controlplane.tenants.models import Plan, Tenant
 from reconcilers.controllers import queue_priority as qp_module
-from reconcilers.controllers.queue_priority import QueuePriorityParams, fairness_warnings
+from reconcilers.controllers.queue_priority import QueuePriorityParams
 from reconcilers.registry import controller_get
 from reconcilers.runtime.context import reconcile_in_context
 from reconcilers.runtime.contract import LockLostError
 from reconcilers.runtime.fencing import fence_grant
+from reconcilers.services import config_warnings
 from tests.controllers.conftest import RunController, count_queries, run_context, table_snapshot
 
 NAME = "queue-priority"
@@ -228,13 +229,13 @@ def test_params_defaults_and_errors_name_the_field() -> None:
 
 @pytest.mark.django_db
 def test_fairness_warning_when_bound_reaches_max_queue_minutes() -> None:
-    defaults = QueuePriorityParams()
-    assert fairness_warnings(defaults, 60) == []  # (75 + 10) / 2 = 42.5 minutes < 60
-    assert fairness_warnings(defaults, 42) != []
-    slow_aging = QueuePriorityParams(age_bonus_per_minute=1)  # 85 minutes
-    assert "max_queue_minutes" in fairness_warnings(slow_aging, 60)[0]
-    assert controller_get(NAME).config_warnings(defaults) == []
-    assert controller_get(NAME).config_warnings(slow_aging) != []
+    """The advice spans two controllers: it is given whichever side of the inequality changes."""
+    defaults = QueuePriorityParams().model_dump(mode="json")
+    assert config_warnings(NAME, defaults) == []  # (75 + 10) / 2 = 42.5 minutes < 60
+    slow_aging = {**defaults, "age_bonus_per_minute": 1}  # 85 minutes
+    assert "max_queue_minutes" in config_warnings(NAME, slow_aging)[0]
+    assert config_warnings("job-recovery", {"max_queue_minutes": 60}) == []
+    assert "fairness bound is 42.5 minutes" in config_warnings("job-recovery", {"max_queue_minutes": 42})[0]
 
 
 def _claim_next_platform_job(agent: Agent) -> int | None:
@@ -242,7 +243,7 @@ def _claim_next_platform_job(agent: Agent) -> int | None:
     from controlplane.commands.services import command_claim
 
     claimed = command_claim(agent.pk)
-    return None if claimed is None else claimed.job_id
+    return None if claimed is None else claimed.command_id
 
 
 @pytest.mark.django_db

@@ -35,7 +35,7 @@ def _claim(command: Command, agent: Agent) -> None:
         return
     claimed = command_claim(agent.pk)
     assert claimed is not None
-    assert claimed.job_id == command.pk
+    assert claimed.command_id == command.pk
 
 
 def test_cancel_action_cancels_unfinished_and_skips_finished(

@@ -66,7 +66,7 @@ def test_retry_recomputes_platform_priority_from_queue_priority_params(
 ) -> None:
     tenant = make_tenant(plan=Plan.BUSINESS)
     ReconcilerConfig.objects.update_or_create(
-        name="queue-priority",
+        controller="queue-priority",
         defaults={
             "params": {
                 "plan_base": {"free": 1, "team": 2, "business": 300, "enterprise": 4},

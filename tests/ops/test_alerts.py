@@ -89,7 +89,7 @@ def test_rules_and_dashboard_reference_only_exported_metrics(
     metrics = pytest.importorskip("reconcilers.runtime.metrics")
     # What a web process does at start-up (AppConfig.ready) and a worker at its first run:
     # every series of every registered controller exists at 0.
-    metrics.metrics_precreate()
+    metrics.metrics_precreate(controller_names)
     scraped = _scraped_names(client)
     assert any(name.startswith("controlplane_controller_") for name in scraped)
     referenced = _rule_metric_names() | _dashboard_metric_names()

@@ -71,7 +71,7 @@ def test_tune_a_controller_dry_run_it_and_see_the_run(
         pytest.skip(f"{CONTROLLER} is not registered")
     wait = WebDriverWait(browser, WAIT_SECONDS)
     User.objects.create_superuser("browser-admin", "b@example.com", "browser-pass-1234")
-    config = ReconcilerConfig.objects.get(name=CONTROLLER)
+    config = ReconcilerConfig.objects.get(controller=CONTROLLER)
     assert config.interval_seconds != NEW_INTERVAL_SECONDS
     assert not config.dry_run
 
@@ -105,7 +105,7 @@ def test_tune_a_controller_dry_run_it_and_see_the_run(
     assert "no runs yet" in panel.text
     panel.find_element(By.CSS_SELECTOR, "input[name=dry-run-now]").click()
     message = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "ul.messagelist li")))
-    assert f"Dry run of {CONTROLLER} done" in message.text
+    assert f"{CONTROLLER}: dry run success, would change" in message.text.lower()  # the admin capitalises it
     panel = browser.find_element(By.ID, f"controller-{CONTROLLER}")
     rows = panel.find_elements(By.CSS_SELECTOR, "tr.rc-run")
     assert len(rows) == 1

@@ -11,7 +11,7 @@ from django.db import OperationalError, connection
 from django.test import Client
 
 from controlplane.common.db import db_now
-from reconcilers.models import ReconcilerConfig, ReconcileRun, RunOutcome, RuntimeSwitch
+from reconcilers.models import GlobalPause, ReconcilerConfig, ReconcileRun, RunOutcome
 from reconcilers.registry import controller_get
 
 pytestmark = pytest.mark.django_db
@@ -33,7 +33,7 @@ def _configure(name: str, **fields: Any) -> ReconcilerConfig:
         "run_timeout_seconds": min(controller.default_interval_seconds, 3600),
     }
     defaults.update(fields)
-    config, _ = ReconcilerConfig.objects.update_or_create(name=name, defaults=defaults)
+    config, _ = ReconcilerConfig.objects.update_or_create(controller=name, defaults=defaults)
     return config
 
 
@@ -104,7 +104,7 @@ def test_readyz_redis_down_stays_200(client: Client, all_fresh: list[str], setti
 def test_readyz_stale_controller_stays_200(client: Client, all_fresh: list[str]) -> None:
     name = all_fresh[0]
     ReconcileRun.objects.filter(controller=name).delete()
-    interval = ReconcilerConfig.objects.get(name=name).interval_seconds
+    interval = ReconcilerConfig.objects.get(controller=name).interval_seconds
     _succeeded(name, 3 * interval + 5)
     # An error after the old success does not count as success.
     ReconcileRun.objects.create(
@@ -122,7 +122,7 @@ def test_readyz_stale_controller_stays_200(client: Client, all_fresh: list[str])
 def test_readyz_just_under_three_intervals_is_not_stale(client: Client, all_fresh: list[str]) -> None:
     name = all_fresh[0]
     ReconcileRun.objects.filter(controller=name).delete()
-    interval = ReconcilerConfig.objects.get(name=name).interval_seconds
+    interval = ReconcilerConfig.objects.get(controller=name).interval_seconds
     _succeeded(name, 3 * interval - 5)
     assert _readyz(client)[1]["controllers"][name]["status"] == "ok"
 
@@ -131,7 +131,7 @@ def test_readyz_never_succeeded_and_no_config_row_is_stale(
     client: Client, controller_names: list[str]
 ) -> None:
     name = controller_names[0]
-    ReconcilerConfig.objects.filter(name=name).delete()
+    ReconcilerConfig.objects.filter(controller=name).delete()
     status, body = _readyz(client)
     assert status == 200
     entry = body["controllers"][name]
@@ -161,7 +161,7 @@ def test_readyz_disabled_and_dry_run(client: Client, all_fresh: list[str]) -> No
 
 
 def test_readyz_paused_by_admin_switch(client: Client, all_fresh: list[str]) -> None:
-    RuntimeSwitch.objects.update_or_create(pk=1, defaults={"paused": True})
+    GlobalPause.objects.update_or_create(pk=1, defaults={"paused": True})
     status, body = _readyz(client)
     assert status == 200
     assert body["paused"] is True

@@ -18,7 +18,7 @@ from controlplane.tenants.models import Tenant
 from controlplane.tokens.models import BootstrapToken
 from reconcilers.models import RunOutcome
 from reconcilers.registry import controller_names
-from reconcilers.runtime.runner import run_controller
+from reconcilers.services import run_controller
 
 pytestmark = pytest.mark.django_db
 

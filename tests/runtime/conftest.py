@@ -15,8 +15,8 @@ from django.conf import settings
 from django.db import connection
 
 from reconcilers.runtime.contract import Controller
-from reconcilers.runtime.testing import controllers_installed
 from reconcilers.schedule import schedule_sync
+from reconcilers.testing import controllers_installed
 from stress.procs import RedisServer
 from tests.runtime.controllers import TEST_CONTROLLERS, Gated
 

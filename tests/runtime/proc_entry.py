@@ -18,7 +18,7 @@ import django
 
 django.setup()
 
-from reconcilers.runtime.testing import controllers_installed  # noqa: E402
+from reconcilers.testing import controllers_installed  # noqa: E402
 from tests.runtime.controllers import TEST_CONTROLLERS  # noqa: E402
 
 
@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
     mode, rest = argv[0], argv[1:]
     with controllers_installed(*TEST_CONTROLLERS):
         if mode == "reconcile":
-            from reconcilers.runtime.runner import run_controller
+            from reconcilers.services import run_controller
 
             time.sleep(max(0.0, float(rest[1]) - time.time()))
             summary = run_controller(rest[0], force="--force" in rest, trigger="test")

@@ -14,6 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from reconcilers.models import ReconcileRun
+from reconcilers.registry import controller_get
 from reconcilers.runtime.manager import Manager
 from reconcilers.services import config_update
 from tests.runtime.conftest import REPO_ROOT, entry, subprocess_env
@@ -116,12 +117,10 @@ def test_reconcilers_lists_every_controller() -> None:
 
 def test_manager_registers_and_rejects_duplicates() -> None:
     manager = Manager()
-    manager.register(Sleeper.name)
-    manager.register("test-other")
+    manager.register(controller_get(Sleeper.name))
+    manager.register(controller_get("test-other"))
     with pytest.raises(ValueError, match="already registered"):
-        manager.register(Sleeper.name)
-    with pytest.raises(KeyError):
-        manager.register("nosuch")
+        manager.register(controller_get(Sleeper.name))
     assert manager.controller_count() == 2
     assert manager.controller_names() == [Sleeper.name, "test-other"]
 
@@ -131,7 +130,7 @@ def test_manager_runs_each_controller_at_its_interval_and_stops_cleanly() -> Non
     config_update(Sleeper.name, {"interval_seconds": 1}, actor="user:test")
     manager = Manager(jitter_fraction=0.05)
     for name in (Sleeper.name, "test-raiser"):
-        manager.register(name)
+        manager.register(controller_get(name))
     manager.start()
     time.sleep(2.6)
     started = time.monotonic()

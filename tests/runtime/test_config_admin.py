@@ -16,7 +16,7 @@ from django_celery_beat.schedulers import DatabaseScheduler
 
 from controlplane.audit.models import AuditLog
 from controlplane.celery import app
-from reconcilers.models import ReconcilerConfig, ReconcileRun, RuntimeSwitch
+from reconcilers.models import GlobalPause, ReconcilerConfig, ReconcileRun
 from reconcilers.schedule import periodic_task_name, schedule_sync, task_name
 from reconcilers.services import ConfigValidationError, config_update
 from reconcilers.signals import on_beat_init, on_post_migrate
@@ -26,19 +26,19 @@ pytestmark = pytest.mark.usefixtures("test_controllers")
 
 
 def change_url(name: str) -> str:
-    pk = ReconcilerConfig.objects.get(name=name).pk
+    pk = ReconcilerConfig.objects.get(controller=name).pk
     return reverse("admin:reconcilers_reconcilerconfig_change", args=[pk])
 
 
 def form_data(name: str, **overrides: Any) -> dict[str, Any]:
-    row = ReconcilerConfig.objects.get(name=name)
+    row = ReconcilerConfig.objects.get(controller=name)
     data = {
         "enabled": "on" if row.enabled else "",
         "interval_seconds": row.interval_seconds,
         "dry_run": "on" if row.dry_run else "",
         "run_timeout_seconds": row.run_timeout_seconds,
         "params": json.dumps(row.params),
-        "expected_version": row.version,
+        "loaded_version": row.version,
     }
     data.update(overrides)
     return {key: value for key, value in data.items() if value != ""}
@@ -57,7 +57,7 @@ def task_for(name: str) -> PeriodicTask:
 
 
 def test_seeded_rows_match_the_controller_defaults() -> None:
-    row = ReconcilerConfig.objects.get(name=Sleeper.name)
+    row = ReconcilerConfig.objects.get(controller=Sleeper.name)
     assert (row.enabled, row.interval_seconds, row.dry_run, row.run_timeout_seconds) == (True, 60, False, 60)
     assert row.params == {"hold_seconds": 0.0, "threshold": 5}
     task = task_for(Sleeper.name)
@@ -65,13 +65,13 @@ def test_seeded_rows_match_the_controller_defaults() -> None:
     assert task.interval.every == 60
     assert task.expire_seconds == 60
     assert task.queue == "reconcilers"
-    assert RuntimeSwitch.objects.filter(pk=1).exists()
+    assert GlobalPause.objects.filter(pk=1).exists()
 
 
 def test_post_migrate_and_beat_start_are_idempotent_and_repair_hand_edits() -> None:
     on_post_migrate(sender=None)
     on_post_migrate(sender=None)
-    assert ReconcilerConfig.objects.filter(name=Sleeper.name).count() == 1
+    assert ReconcilerConfig.objects.filter(controller=Sleeper.name).count() == 1
     assert PeriodicTask.objects.filter(task="reconcilers.test_sleeper").count() == 1
     # An operator edits the beat row by hand.
     task = task_for(Sleeper.name)
@@ -87,9 +87,9 @@ def test_post_migrate_and_beat_start_are_idempotent_and_repair_hand_edits() -> N
         60,
     )
     # A deleted config row comes back with the defaults.
-    ReconcilerConfig.objects.filter(name="test-other").delete()
+    ReconcilerConfig.objects.filter(controller="test-other").delete()
     schedule_sync()
-    assert ReconcilerConfig.objects.get(name="test-other").interval_seconds == 60
+    assert ReconcilerConfig.objects.get(controller="test-other").interval_seconds == 60
 
 
 def test_config_update_audits_and_moves_only_its_own_schedule() -> None:
@@ -98,7 +98,7 @@ def test_config_update_audits_and_moves_only_its_own_schedule() -> None:
     foreign = PeriodicTask.objects.create(
         name="foreign", task="x.y", interval=task_for(Sleeper.name).interval
     )
-    before_version = ReconcilerConfig.objects.get(name=Sleeper.name).version
+    before_version = ReconcilerConfig.objects.get(controller=Sleeper.name).version
     row = config_update(
         Sleeper.name, {"interval_seconds": 300, "params": {"threshold": 7}}, actor="user:alice"
     )
@@ -131,11 +131,11 @@ def test_config_update_audits_and_moves_only_its_own_schedule() -> None:
     ],
 )
 def test_invalid_config_is_rejected_naming_the_field(changes: dict[str, Any], field: str) -> None:
-    before = ReconcilerConfig.objects.values().get(name=Sleeper.name)
+    before = ReconcilerConfig.objects.values().get(controller=Sleeper.name)
     with pytest.raises(ConfigValidationError, match=field) as caught:
         config_update(Sleeper.name, {"dry_run": True, **changes}, actor="user:alice")
     assert caught.value.field == field
-    assert ReconcilerConfig.objects.values().get(name=Sleeper.name) == before
+    assert ReconcilerConfig.objects.values().get(controller=Sleeper.name) == before
     assert not AuditLog.objects.filter(action="reconciler.config.updated").exists()
     assert task_for(Sleeper.name).interval.every == 60
 
@@ -159,7 +159,7 @@ def test_admin_interval_change_reaches_a_running_beat_scheduler(staff: Client) -
 
 
 def test_admin_rejects_invalid_config_naming_the_field(staff: Client) -> None:
-    before = ReconcilerConfig.objects.values().get(name=Sleeper.name)
+    before = ReconcilerConfig.objects.values().get(controller=Sleeper.name)
     response = staff.post(change_url(Sleeper.name), form_data(Sleeper.name, interval_seconds=0))
     assert response.status_code == 200
     assert "interval_seconds" in response.content.decode()
@@ -167,7 +167,7 @@ def test_admin_rejects_invalid_config_naming_the_field(staff: Client) -> None:
     response = staff.post(change_url(Sleeper.name), form_data(Sleeper.name, params='{"threshold": -3}'))
     assert response.status_code == 200
     assert "params.threshold" in response.content.decode()
-    assert ReconcilerConfig.objects.values().get(name=Sleeper.name) == before
+    assert ReconcilerConfig.objects.values().get(controller=Sleeper.name) == before
     assert not AuditLog.objects.filter(action="reconciler.config.updated").exists()
 
 
@@ -176,7 +176,7 @@ def test_admin_save_shows_warnings_without_blocking(staff: Client) -> None:
         change_url(Sleeper.name), form_data(Sleeper.name, params='{"threshold": 80}'), follow=True
     )
     assert response.status_code == 200
-    assert ReconcilerConfig.objects.get(name=Sleeper.name).params["threshold"] == 80
+    assert ReconcilerConfig.objects.get(controller=Sleeper.name).params["threshold"] == 80
     assert any("threshold above 50" in str(m) for m in response.context["messages"])
 
 
@@ -186,7 +186,7 @@ def test_admin_refuses_a_stale_form(staff: Client) -> None:
     response = staff.post(change_url(Sleeper.name), data)
     assert response.status_code == 200
     assert "reload" in response.content.decode()
-    assert ReconcilerConfig.objects.get(name=Sleeper.name).interval_seconds == 60
+    assert ReconcilerConfig.objects.get(controller=Sleeper.name).interval_seconds == 60
 
 
 def test_non_staff_and_unprivileged_staff_cannot_change_config(db: Any) -> None:
@@ -203,12 +203,12 @@ def test_non_staff_and_unprivileged_staff_cannot_change_config(db: Any) -> None:
     client.force_login(viewer)
     assert client.get(url).status_code == 200
     assert client.post(url, data).status_code == 403
-    assert ReconcilerConfig.objects.get(name=Sleeper.name).interval_seconds == 60
+    assert ReconcilerConfig.objects.get(controller=Sleeper.name).interval_seconds == 60
 
 
 def test_admin_list_and_actions(staff: Client) -> None:
     changelist = reverse("admin:reconcilers_reconcilerconfig_changelist")
-    pk = ReconcilerConfig.objects.get(name=Sleeper.name).pk
+    pk = ReconcilerConfig.objects.get(controller=Sleeper.name).pk
 
     def act(action: str) -> Any:
         return staff.post(changelist, {"action": action, "_selected_action": [pk]}, follow=True)
@@ -219,10 +219,10 @@ def test_admin_list_and_actions(staff: Client) -> None:
     act("run_now")
     assert writes() == 1
     act("disable")
-    assert ReconcilerConfig.objects.get(name=Sleeper.name).enabled is False
+    assert ReconcilerConfig.objects.get(controller=Sleeper.name).enabled is False
     assert task_for(Sleeper.name).enabled is False
     act("enable")
-    assert ReconcilerConfig.objects.get(name=Sleeper.name).enabled is True
+    assert ReconcilerConfig.objects.get(controller=Sleeper.name).enabled is True
     assert AuditLog.objects.filter(action="reconciler.config.updated", actor="user:ops").count() == 2
     page = staff.get(changelist).content.decode()
     assert Sleeper.name in page
@@ -232,12 +232,12 @@ def test_admin_list_and_actions(staff: Client) -> None:
 
 
 def test_admin_global_pause_toggle(staff: Client) -> None:
-    changelist = reverse("admin:reconcilers_runtimeswitch_changelist")
+    changelist = reverse("admin:reconcilers_globalpause_changelist")
     staff.post(changelist, {"action": "pause", "_selected_action": [1]})
-    assert RuntimeSwitch.objects.get(pk=1).paused is True
+    assert GlobalPause.objects.get(pk=1).paused is True
     assert AuditLog.objects.filter(action="reconciler.pause.updated", actor="user:ops").exists()
     staff.post(changelist, {"action": "resume", "_selected_action": [1]})
-    assert RuntimeSwitch.objects.get(pk=1).paused is False
+    assert GlobalPause.objects.get(pk=1).paused is False
 
 
 def test_beat_admin_shows_reconciler_tasks_read_only(staff: Client) -> None:

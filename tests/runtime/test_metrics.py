@@ -19,9 +19,9 @@ from django.test import Client
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from reconcilers.registry import controller_names
 from reconcilers.runtime.metrics import DURATION_BUCKETS_SECONDS, SKIP_REASONS, metrics_precreate
-from reconcilers.runtime.runner import run_controller
-from reconcilers.services import config_update
+from reconcilers.services import config_update, run_controller
 from reconcilers.signals import HARD_TIME_LIMIT_MARGIN_SECONDS, on_before_task_publish
 from tests.runtime.conftest import WORKER_METRICS_PORT, entry, subprocess_env
 from tests.runtime.controllers import Sleeper, writes
@@ -43,7 +43,7 @@ def sample(values: dict[Any, float], name: str, **labels: str) -> float | None:
 
 
 def test_every_series_is_present_at_zero_from_start() -> None:
-    metrics_precreate()
+    metrics_precreate(controller_names())
     label = {"controller": "test-other"}
     for result in ("success", "error"):
         assert REGISTRY.get_sample_value(PREFIX + "reconcile_total", {**label, "result": result}) == 0

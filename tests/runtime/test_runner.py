@@ -18,8 +18,9 @@ from controlplane.common.db import db_now
 from reconcilers.models import ReconcilerConfig, ReconcilerState, ReconcileRun
 from reconcilers.runtime import runner
 from reconcilers.runtime.fencing import fence_current
-from reconcilers.runtime.runner import RunSummary, run_controller, run_history_prune
-from reconcilers.services import config_update, pause_set
+from reconcilers.runtime.runner import run_history_prune
+from reconcilers.runtime.summary import RunSummary
+from reconcilers.services import config_update, pause_set, run_controller
 from stress.procs import RedisServer
 from tests.runtime.conftest import NOTHING_LISTENS_PORT, entry, subprocess_env
 from tests.runtime.controllers import WRITE_ACTION, Gated, Sleeper, writes
@@ -267,7 +268,7 @@ def test_pause_and_disabled_skip_and_force_runs(settings: Any) -> None:
 
 
 def test_missing_config_row_runs_on_defaults() -> None:
-    ReconcilerConfig.objects.filter(name=Sleeper.name).delete()
+    ReconcilerConfig.objects.filter(controller=Sleeper.name).delete()
     summary = run_controller(Sleeper.name, trigger="test")
     assert summary.outcome == "success"
     assert writes() == 1
@@ -345,7 +346,7 @@ def test_write_transactions_are_bounded_by_the_lock_ttl_on_the_server() -> None:
     ctx = RunContext(
         controller=Sleeper.name,
         now=db_now(),
-        fence=fence_grant(Sleeper.name, "test"),
+        fence=fence_grant(Sleeper.name, "test").fence,
         params={},
         statement_timeout_seconds=2.5,
     )

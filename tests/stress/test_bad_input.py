@@ -150,7 +150,7 @@ def _verdict(kind: str, low: float, high: float, value: Any) -> str:
 
 
 def _state(name: str) -> tuple[Any, ...]:
-    row = ReconcilerConfig.objects.filter(name=name).values().get()
+    row = ReconcilerConfig.objects.filter(controller=name).values().get()
     task = PeriodicTask.objects.select_related("interval").get(name=periodic_task_name(name))
     assert task.interval is not None
     return (row, task.enabled, task.interval.every, AuditLog.objects.count())
@@ -368,7 +368,7 @@ def api_world(db: Any) -> dict[str, Any]:
     command_enqueue(tenant, "hyp", {}, is_platform_job=True)
     claimed = command_claim(created.agent.pk)
     assert claimed is not None
-    return {"key": created.api_key, "job_id": claimed.job_id, "attempt": claimed.attempt}
+    return {"key": created.api_key, "job_id": claimed.command_id, "attempt": claimed.attempt}
 
 
 @st.composite

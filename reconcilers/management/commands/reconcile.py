@@ -1,4 +1,4 @@
-"""`manage.py reconcile <name> [--dry-run] [--force] [--ignore-brake] [--json]`: one run through the runner.
+"""`manage.py reconcile <name> [--dry-run] [--force] [--ignore-brake] [--json]`: one run (design.md §8).
 
 Exit 0 for success or skipped, 1 for error, 2 for usage errors (an unknown name lists the
 valid ones). With --json, stdout carries exactly one JSON object; logs go to stderr.
@@ -12,8 +12,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from reconcilers import registry
-from reconcilers.runtime.runner import run_controller
+from reconcilers.registry import controller_names
+from reconcilers.services import run_controller
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -35,7 +35,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         name = options["name"]
-        names = registry.controller_names()
+        names = controller_names()
         if name not in names:
             raise CommandError(
                 f"unknown controller {name!r}; valid names: {', '.join(names) or '(none registered)'}",
@@ -51,20 +51,8 @@ class Command(BaseCommand):
         if options["json"]:
             self.stdout.write(json.dumps(summary.as_json(), sort_keys=False))
         else:
-            counts = summary.would_change if summary.dry_run else summary.steps
-            self.stdout.write(
-                f"{summary.controller}: {summary.outcome}"
-                + (f" ({summary.reason})" if summary.reason else "")
-                + f" {'dry-run would change' if summary.dry_run else 'items'}="
-                + (
-                    json.dumps(dict(counts))
-                    if summary.dry_run
-                    else f"{summary.items} {json.dumps(dict(counts))}"
-                )
-                + (f" flags={json.dumps(dict(summary.flags))}" if summary.flags else "")
-                + f" fence={summary.fence} {summary.duration_s:.3f}s"
-            )
+            self.stdout.write(summary.describe())
         if summary.outcome == "error":
-            if summary.error and not options["json"]:
-                self.stderr.write(summary.error)
+            if summary.error_text and not options["json"]:
+                self.stderr.write(summary.error_text)
             sys.exit(EXIT_ERROR)

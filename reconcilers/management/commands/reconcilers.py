@@ -6,32 +6,23 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from reconcilers import registry
-from reconcilers.models import ReconcilerConfig, ReconcileRun
-from reconcilers.runtime.runner import config_effective
+from reconcilers.selectors import configs_effective, last_runs
 
 
 class Command(BaseCommand):
     help = "List the controllers with their schedule and last run."
 
     def handle(self, *args: Any, **options: Any) -> None:
-        names = registry.controller_names()
-        configured = set(ReconcilerConfig.objects.filter(name__in=names).values_list("name", flat=True))
-        last: dict[str, ReconcileRun] = {}
-        # One query per controller through the (controller, started_at) index, never a scan.
-        for name in names:
-            run = ReconcileRun.objects.filter(controller=name).order_by("-started_at", "-id").first()
-            if run is not None:
-                last[name] = run
+        configs = configs_effective()
+        last = last_runs(list(configs))
         header = ("name", "enabled", "interval", "dry_run", "last run", "outcome")
         rows = [header]
-        for name in names:
-            config = config_effective(registry.controller_get(name))
+        for name, config in configs.items():
             run = last.get(name)
             outcome = "-" if run is None else run.outcome + (f" ({run.reason})" if run.reason else "")
             rows.append(
                 (
-                    name + ("" if name in configured else " (defaults)"),
+                    name + ("" if config.configured else " (defaults)"),
                     "yes" if config.enabled else "no",
                     f"{config.interval_seconds}s",
                     "yes" if config.dry_run else "no",

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from reconcilers import registry
+from reconcilers.registry import UnknownControllerError, controller_get, controller_names
 from reconcilers.runtime.manager import JITTER_FRACTION, Manager
 
 
@@ -35,12 +35,12 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        names = options["only"] or registry.controller_names()
+        names = options["only"] or controller_names()
         manager = Manager(jitter_fraction=options["jitter"])
         try:
             for name in names:
-                manager.register(name)
-        except (KeyError, ValueError) as exc:
+                manager.register(controller_get(name))
+        except (UnknownControllerError, ValueError) as exc:
             raise CommandError(str(exc), returncode=2) from exc
         if not manager.controller_count():
             raise CommandError("no controllers registered", returncode=2)

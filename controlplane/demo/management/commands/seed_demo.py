@@ -25,7 +25,7 @@ from controlplane.agents.models import Agent, AgentHealth, AgentLease
 from controlplane.agents.services import agent_create, agent_heartbeat
 from controlplane.audit.models import AuditLog
 from controlplane.audit.services import audit_record
-from controlplane.commands.models import Command as Job
+from controlplane.commands import models as command_models
 from controlplane.commands.models import CommandStatus
 from controlplane.commands.services import command_enqueue_many
 from controlplane.common.db import db_now
@@ -103,7 +103,7 @@ class Command(BaseCommand):
         return agents
 
     def _jobs(self, tenants: list[Tenant], tenant_agents: dict[int, Agent], created: list[str]) -> None:
-        if Job.objects.filter(tenant__in=tenants, kind__startswith="demo-").exists():
+        if command_models.Command.objects.filter(tenant__in=tenants, kind__startswith="demo-").exists():
             return
         for tenant in tenants:
             command_enqueue_many(
@@ -136,7 +136,7 @@ class Command(BaseCommand):
         AgentLease.objects.filter(agent_id=agent.pk).update(
             renew_time=now - SILENT_FOR, version=F("version") + 1
         )
-        Job.objects.create(
+        command_models.Command.objects.create(
             tenant=tenant,
             is_platform_job=True,
             kind="demo-stuck-backup",

@@ -30,10 +30,10 @@ from django.db import close_old_connections, connection
 from django.db.models import Count, Q
 
 from controlplane.agents.models import Agent, AgentHealth
-from controlplane.audit.services import actor_for_controller
-from controlplane.commands.models import Command as Job
+from controlplane.commands import models as command_models
 from controlplane.commands.models import CommandStatus, StatusReason
 from controlplane.commands.services import command_enqueue_many
+from controlplane.common.actors import actor_for_controller
 from controlplane.common.db import db_now
 from controlplane.tenants.models import Plan, Tenant
 from controlplane.tokens.services import token_issue
@@ -367,7 +367,7 @@ class Command(BaseCommand):
 
     def _summary(self, started: Any, agent_ids: list[int], stats: Stats) -> dict[str, Any]:
         """Counts read from the database: jobs of the simulation tenants created during the run."""
-        jobs = Job.objects.filter(tenant__name__startswith="sim-", created_at__gte=started)
+        jobs = command_models.Command.objects.filter(tenant__name__startswith="sim-", created_at__gte=started)
         by_status = jobs.aggregate(
             total=Count("id"),
             **{status: Count("id", filter=Q(status=status)) for status in CommandStatus.values},

@@ -1,0 +1,124 @@
+"""The effective config of a controller: the one place that reads a config row (design.md §4.2).
+
+A run, the beat schedule sync, the dashboard, /readyz, the CLI and the Celery time limits
+all read a controller's config through `config_from_row` (one row) or the selectors built
+on it (all rows in one query), so what "the config in effect" means is decided here only:
+the row when there is one, the controller's defaults when there is none. A row whose
+params no longer validate is reported as invalid, with the validation message; it is
+never silently replaced by the defaults here (the caller decides what an invalid row does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from pydantic import ValidationError
+
+from reconcilers.models import GlobalPause, ReconcilerConfig
+from reconcilers.runtime.contract import Controller, ControllerParams
+
+RUN_TIMEOUT_CAP_SECONDS = 3600  # the default run timeout is min(interval, this)
+
+
+@dataclass(frozen=True)
+class EffectiveConfig:
+    """The config in effect for one controller.
+
+    `row_id` is None when no row exists (everything comes from the defaults). `params` is
+    None exactly when the row's params fail the controller's schema; `error` then carries
+    the validation message.
+    """
+
+    controller: str
+    enabled: bool
+    interval_seconds: int
+    dry_run: bool
+    run_timeout_seconds: int
+    params: ControllerParams | None
+    row_id: int | None = None
+    error: str = ""
+    version: int | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def configured(self) -> bool:
+        return self.row_id is not None
+
+    @property
+    def valid(self) -> bool:
+        return self.params is not None
+
+    @property
+    def period_seconds(self) -> int:
+        """Seconds between two due runs: what the too-soon guard, staleness and message
+        expiry measure against."""
+        return self.interval_seconds
+
+
+def config_defaults(controller: Controller) -> dict[str, Any]:
+    """The values a controller runs with when it has no config row."""
+    interval = controller.default_interval_seconds
+    return {
+        "enabled": True,
+        "interval_seconds": interval,
+        "dry_run": False,
+        "run_timeout_seconds": min(interval, RUN_TIMEOUT_CAP_SECONDS),
+        "params": controller.default_params().model_dump(mode="json"),
+    }
+
+
+def params_error_text(exc: ValidationError) -> str:
+    """A validation failure as one line naming the field: `params.<field>: <message>`."""
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    return f"params.{where}: {error['msg']}" if where else f"params: {error['msg']}"
+
+
+def config_from_row(controller: Controller, row: ReconcilerConfig | None) -> EffectiveConfig:
+    """The effective config of `controller` given its row (None: no row, the defaults)."""
+    if row is None:
+        defaults = config_defaults(controller)
+        return EffectiveConfig(
+            controller=controller.name,
+            enabled=defaults["enabled"],
+            interval_seconds=defaults["interval_seconds"],
+            dry_run=defaults["dry_run"],
+            run_timeout_seconds=defaults["run_timeout_seconds"],
+            params=controller.default_params(),
+        )
+    params: ControllerParams | None = None
+    error = ""
+    if not isinstance(row.params, dict):  # a hand edit can store any JSON value
+        error = f"params: must be a JSON object, got {type(row.params).__name__}"
+    else:
+        try:
+            params = controller.validate_params(row.params)
+        except ValidationError as exc:
+            error = params_error_text(exc)
+    return EffectiveConfig(
+        controller=controller.name,
+        enabled=row.enabled,
+        interval_seconds=row.interval_seconds,
+        dry_run=row.dry_run,
+        run_timeout_seconds=row.run_timeout_seconds,
+        params=params,
+        row_id=row.pk,
+        error=error,
+        version=row.version,
+        updated_at=row.updated_at,
+    )
+
+
+def config_effective(controller: Controller) -> EffectiveConfig:
+    """Read `controller`'s config row (one query) and return the config in effect."""
+    return config_from_row(controller, ReconcilerConfig.objects.filter(controller=controller.name).first())
+
+
+def paused_globally() -> bool:
+    """The global pause: the environment setting or the switch in the admin (design.md §4.9)."""
+    if settings.RECONCILERS_PAUSED:
+        return True
+    return bool(GlobalPause.objects.filter(pk=1).values_list("paused", flat=True).first())

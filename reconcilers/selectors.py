@@ -1,0 +1,165 @@
+"""Reads about the controllers: configs in effect, run history, health. Writes are in services.
+
+Every reader of a config goes through `reconcilers.runtime.config` (design.md §4.2); the
+functions here apply it to every registered controller in one query each, for the
+dashboard, /readyz, the CLI, schedule sync and the Celery time limits. Each function
+issues a fixed number of queries, whatever the number of controllers or runs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import F, Max, Window
+from django.db.models.functions import RowNumber
+
+from controlplane.common.db import db_now
+from reconcilers.models import ReconcilerConfig, ReconcilerState, ReconcileRun, RunOutcome
+from reconcilers.registry import controller_get, controller_names
+from reconcilers.runtime.config import EffectiveConfig, config_from_row
+
+# A controller is stale after this many periods without a successful run: one missed
+# tick is noise (a deploy, a busy lock), three is a controller that stopped working.
+STALE_AFTER_PERIODS = 3
+RUNS_PER_CONTROLLER = 50  # the dashboard's chart points per controller
+
+
+def configs_effective(names: Iterable[str] | None = None) -> dict[str, EffectiveConfig]:
+    """The config in effect of each controller (all registered when `names` is None), in
+    registry order, from one query."""
+    selected = list(names) if names is not None else controller_names()
+    rows = {row.controller: row for row in ReconcilerConfig.objects.filter(controller__in=selected)}
+    return {name: config_from_row(controller_get(name), rows.get(name)) for name in selected}
+
+
+def config_of(name: str) -> EffectiveConfig:
+    """The config in effect of one controller (raises UnknownControllerError)."""
+    return configs_effective([name])[name]
+
+
+def states_by_controller(names: Iterable[str]) -> dict[str, ReconcilerState]:
+    """Each controller's fencing and lock state row, from one query."""
+    return {state.controller: state for state in ReconcilerState.objects.filter(controller__in=list(names))}
+
+
+def _rank_newest_first() -> Window:
+    """1 for each controller's newest run, 2 for the next, and so on."""
+    return Window(
+        RowNumber(), partition_by=[F("controller")], order_by=[F("started_at").desc(), F("id").desc()]
+    )
+
+
+def recent_runs(names: list[str], per_controller: int = RUNS_PER_CONTROLLER) -> dict[str, list[ReconcileRun]]:
+    """The newest `per_controller` runs of each controller, newest first, in one query.
+
+    A window (ROW_NUMBER per controller) rather than one global LIMIT, so a 30 s controller
+    never crowds a daily one out of its own history.
+    """
+    ranked = (
+        ReconcileRun.objects.filter(controller__in=names)
+        .defer("error")
+        .annotate(rank=_rank_newest_first())
+        .filter(rank__lte=per_controller)
+        .order_by("controller", "-started_at", "-id")
+    )
+    runs: dict[str, list[ReconcileRun]] = defaultdict(list)
+    for run in ranked:
+        runs[run.controller].append(run)
+    return runs
+
+
+def last_dry_runs(names: list[str]) -> dict[str, ReconcileRun]:
+    """Each controller's newest successful dry run (its would_change), in one query."""
+    ranked = (
+        ReconcileRun.objects.filter(controller__in=names, dry_run=True, outcome=RunOutcome.SUCCESS)
+        .defer("error")
+        .annotate(rank=_rank_newest_first())
+        .filter(rank=1)
+    )
+    return {run.controller: run for run in ranked}
+
+
+def last_runs(names: list[str]) -> dict[str, ReconcileRun]:
+    """Each controller's newest run: one query per controller through the (controller,
+    started_at) index, never a scan of the history."""
+    last: dict[str, ReconcileRun] = {}
+    for name in names:
+        run = ReconcileRun.objects.filter(controller=name).order_by("-started_at", "-id").first()
+        if run is not None:
+            last[name] = run
+    return last
+
+
+def last_success_at(names: list[str]) -> dict[str, datetime]:
+    """When each controller's newest successful run started, in one query."""
+    return {
+        row["controller"]: row["last"]
+        for row in ReconcileRun.objects.filter(controller__in=names, outcome=RunOutcome.SUCCESS)
+        .values("controller")
+        .annotate(last=Max("started_at"))
+    }
+
+
+@dataclass(frozen=True)
+class ControllerHealth:
+    name: str
+    status: str  # ok | stale | disabled | paused | dry_run
+    enabled: bool
+    dry_run: bool
+    interval_seconds: int
+    last_success_at: datetime | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "enabled": self.enabled,
+            "dry_run": self.dry_run,
+            "interval_seconds": self.interval_seconds,
+            "last_success_at": self.last_success_at.isoformat() if self.last_success_at else None,
+        }
+
+
+def controllers_health(*, paused: bool) -> list[ControllerHealth]:
+    """One entry per registered controller, in three queries whatever their number (design.md §10.1).
+
+    Precedence: paused, then disabled, then stale, then dry_run, else ok. A dry run that
+    succeeds counts as a successful run: the controller is alive, just not writing.
+    Without any success yet, the stale clock starts when the config row last changed
+    (created by migrate), so a fresh install is not reported stale before it had a chance.
+    """
+    configs = configs_effective()
+    names = list(configs)
+    successes = last_success_at(names)
+    now = db_now()
+    result = []
+    for name, config in configs.items():
+        success_at = successes.get(name)
+        anchor = success_at or config.updated_at
+        stale = anchor is None or now - anchor > timedelta(
+            seconds=STALE_AFTER_PERIODS * config.period_seconds
+        )
+        if paused:
+            status = "paused"
+        elif not config.enabled:
+            status = "disabled"
+        elif stale:
+            status = "stale"
+        elif config.dry_run:
+            status = "dry_run"
+        else:
+            status = "ok"
+        result.append(
+            ControllerHealth(
+                name=name,
+                status=status,
+                enabled=config.enabled,
+                dry_run=config.dry_run,
+                interval_seconds=config.interval_seconds,
+                last_success_at=success_at,
+            )
+        )
+    return result
