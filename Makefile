@@ -38,9 +38,10 @@ test-sqlite: install ## the suite on SQLite (the embedded default)
 	@echo "=== test suite on SQLite ==="
 	DEBUG=1 DATABASE_URL=sqlite:///$(CURDIR)/var/controlplane-test-host.sqlite3 $(BIN)/pytest $(PYTEST_ARGS)
 
-lint: install ## ruff lint and format check
+lint: install ## ruff lint and format check, and the import layering of docs/design.md §2
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: install ## apply ruff formatting and fixes
 	$(BIN)/ruff check --fix .
