@@ -58,7 +58,11 @@ def bench_configure(controller: str) -> None:
     """Give `controller` the benchmark's parameters through the config service."""
     from reconcilers.services import config_update
 
-    changes: dict[str, Any] = {"run_timeout_seconds": BENCH_RUN_TIMEOUT_SECONDS}
+    # A run may not outlast its period: the period grows with it (runs are forced anyway).
+    changes: dict[str, Any] = {
+        "interval_seconds": BENCH_RUN_TIMEOUT_SECONDS,
+        "run_timeout_seconds": BENCH_RUN_TIMEOUT_SECONDS,
+    }
     if controller in BENCH_PARAMS:
         changes["params"] = BENCH_PARAMS[controller]
     config_update(controller, changes, actor="system:bench")

@@ -1,9 +1,9 @@
 """URL routes: admin, agent API, health and metrics."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import path
 
-from controlplane import health
+from controlplane import health, metrics_view
 from controlplane.api.api import api, openapi_schema
 from reconcilers import dashboard
 
@@ -24,5 +24,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("api/schema/", openapi_schema, name="api-schema"),
-    path("", include("django_prometheus.urls")),
+    path("metrics", metrics_view.metrics, name="metrics"),
 ]

@@ -10,6 +10,7 @@ config here stays their single source of truth.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django import forms
@@ -22,8 +23,10 @@ from django_celery_beat.models import PeriodicTask
 from controlplane.common.actors import actor_for_user
 from controlplane.common.operator_admin import VersionedChangeForm
 from reconcilers.models import GlobalPause, ReconcilerConfig, ReconcileRun
+from reconcilers.runtime.config import EffectiveConfig
 from reconcilers.runtime.summary import RunSummary
 from reconcilers.schedule import TASK_PREFIX
+from reconcilers.selectors import config_of, configs_effective
 from reconcilers.services import (
     ConfigConflictError,
     ConfigValidationError,
@@ -44,7 +47,10 @@ class ReconcilerConfigForm(VersionedChangeForm):
     params = forms.JSONField(
         required=False,
         widget=forms.Textarea(attrs={"rows": 10, "cols": 60}),
-        help_text=("JSON object, validated by the controller's schema; missing keys take their defaults."),
+        help_text=(
+            "The parameters you set, as a JSON object (replaces what is stored). Keys you leave out "
+            "take their defaults from code, shown under 'params in effect'."
+        ),
     )
 
     class Meta:
@@ -76,7 +82,7 @@ class ReconcilerConfigForm(VersionedChangeForm):
         if self.errors:
             return data
         try:
-            config_validate(self.instance.controller, self.changes())
+            config_validate(self.instance.controller, self.changes(), row=self.instance, replace_params=True)
         except ConfigValidationError as exc:
             field = exc.field.split(".", 1)[0]
             self.add_error(field if field in self.fields else None, str(exc))
@@ -106,8 +112,16 @@ class ReconcilerConfigAdmin(admin.ModelAdmin):
         "last_items",
     )
     list_display_links = ("controller",)
-    readonly_fields = ("controller", "version", "updated_at")
-    fields = ("controller", *EDITABLE_FIELDS, "loaded_version", "version", "updated_at")
+    readonly_fields = ("controller", "config_state", "params_in_effect", "version", "updated_at")
+    fields = (
+        "controller",
+        "config_state",
+        *EDITABLE_FIELDS,
+        "params_in_effect",
+        "loaded_version",
+        "version",
+        "updated_at",
+    )
     actions = ("run_now", "dry_run_now", "run_now_ignore_brake", "enable", "disable")
     ordering = ("controller",)
 
@@ -122,6 +136,28 @@ class ReconcilerConfigAdmin(admin.ModelAdmin):
                 _last_items=_latest_run("items"),
             )
         )
+
+    def get_list_display(self, request: HttpRequest) -> Any:
+        # Validity needs both sides of a cross-controller rule: one read for the whole list.
+        configs = configs_effective()
+
+        @admin.display(description="config")
+        def config(obj: ReconcilerConfig) -> str:
+            effective = configs.get(obj.controller)
+            return _config_state(effective) if effective is not None else "unregistered"
+
+        return (*self.list_display[:1], config, *self.list_display[1:])
+
+    @admin.display(description="config")
+    def config_state(self, obj: ReconcilerConfig) -> str:
+        return _config_state(config_of(obj.controller))
+
+    @admin.display(description="params in effect")
+    def params_in_effect(self, obj: ReconcilerConfig) -> str:
+        config = config_of(obj.controller)
+        if config.params is None:
+            return "none: the stored params fail the schema, every run is refused"
+        return json.dumps(config.params.model_dump(mode="json"), sort_keys=True)
 
     @admin.display(description="last run", ordering="_last_run_at")
     def last_run_at(self, obj: Any) -> Any:
@@ -151,6 +187,7 @@ class ReconcilerConfigAdmin(admin.ModelAdmin):
                 changes,
                 actor=actor_for_user(request.user),
                 expected_version=form.cleaned_data.get("loaded_version"),
+                replace_params=True,  # the form shows every key the row stores
             )
         except (ConfigValidationError, ConfigConflictError) as exc:
             # Validated in the form already; only a race lands here. Nothing was saved.
@@ -193,6 +230,15 @@ class ReconcilerConfigAdmin(admin.ModelAdmin):
     @admin.action(description="Disable", permissions=["change"])
     def disable(self, request: HttpRequest, queryset: QuerySet[ReconcilerConfig]) -> None:
         self._set_enabled(request, queryset, False)
+
+
+def _config_state(config: EffectiveConfig) -> str:
+    """ok, or why the config is refused (invalid) or flagged (breaks a save-only rule)."""
+    if not config.valid:
+        return f"INVALID, runs refused: {config.error}"
+    if config.conflicts:
+        return "flagged: " + "; ".join(config.conflicts)
+    return "ok" if config.configured else "ok (defaults)"
 
 
 def _report(request: HttpRequest, summary: RunSummary) -> None:

@@ -53,6 +53,8 @@ class ControllerPanel:
     runs: list[ReconcileRun] = field(default_factory=list)
     chart: SafeString = field(default_factory=lambda: mark_safe(""))
     config_url: str = ""
+    config_error: str = ""  # the row fails its schema: every run is refused
+    config_conflicts: tuple[str, ...] = ()
 
     @property
     def table_runs(self) -> list[ReconcileRun]:
@@ -176,6 +178,8 @@ def controller_panels() -> list[ControllerPanel]:
             last_dry_run=dry_runs.get(name),
             runs=runs.get(name, []),
             config_url=_config_url(config),
+            config_error=config.error,
+            config_conflicts=config.conflicts,
         )
         panel.chart = items_chart_svg(name, panel.runs)
         panels.append(panel)
@@ -212,7 +216,8 @@ def dry_run_now(request: HttpRequest, name: str) -> HttpResponse:
     except UnknownControllerError as exc:
         messages.error(request, str(exc))
         return HttpResponseRedirect(reverse("reconcilers-dashboard"))
-    summary = run_controller(name, dry_run=True, trigger="admin")
+    # Exactly the admin action: forced past pause and disabled, never past the lock.
+    summary = run_controller(name, dry_run=True, force=True, trigger="admin")
     level = messages.SUCCESS if summary.outcome == RunOutcome.SUCCESS else messages.WARNING
     messages.add_message(request, level, summary.describe())
     return HttpResponseRedirect(f"{reverse('reconcilers-dashboard')}#controller-{name}")

@@ -100,6 +100,7 @@ class GlobalPause(models.Model):
 
 
 class RunOutcome(models.TextChoices):
+    RUNNING = "running", "Running"  # the run holds its grant; items are what has committed so far
     SUCCESS = "success", "Success"
     ERROR = "error", "Error"
     SKIPPED = "skipped", "Skipped"
@@ -116,6 +117,8 @@ class RunReason(models.TextChoices):
     LOCK_LOST = "lock_lost", "Lock lost (fenced out)"
     TIMEOUT = "timeout", "Run timeout"
     EXCEPTION = "exception", "Exception"
+    INVALID_CONFIG = "invalid_config", "Config row fails its schema"
+    ABANDONED = "abandoned", "Abandoned (a newer grant found it still running)"
 
 
 class ReconcileRun(models.Model):
@@ -123,7 +126,7 @@ class ReconcileRun(models.Model):
     started_at = models.DateTimeField(help_text="Start (database clock).")
     finished_at = models.DateTimeField(null=True, blank=True, help_text="End (database clock).")
     outcome = models.CharField(
-        max_length=16, choices=RunOutcome.choices, help_text="success, error or skipped."
+        max_length=16, choices=RunOutcome.choices, help_text="running, success, error or skipped."
     )
     reason = models.CharField(
         max_length=32,
@@ -132,8 +135,12 @@ class ReconcileRun(models.Model):
         default="",
         help_text="Why it was skipped or failed.",
     )
-    items = models.IntegerField(default=0, help_text="Sum of the step counts.")
-    steps = models.JSONField(default=dict, blank=True, help_text="Rows changed per step.")
+    items = models.IntegerField(
+        default=0, help_text="Sum of the step counts: what has committed, while running and after an error."
+    )
+    steps = models.JSONField(
+        default=dict, blank=True, help_text="Rows changed per step, updated in each batch's transaction."
+    )
     would_change = models.JSONField(
         default=dict, blank=True, help_text="Dry run: rows a real run would change."
     )
@@ -156,7 +163,15 @@ class ReconcileRun(models.Model):
                 condition=Q(reason="") | choices_check("reason", RunReason), name="reconcilerun_reason_valid"
             ),
         ]
-        indexes = [models.Index(fields=["controller", "started_at"], name="reconcilerun_controller_idx")]
+        indexes = [
+            models.Index(fields=["controller", "started_at"], name="reconcilerun_controller_idx"),
+            # The few rows still running: what a new grant closes as abandoned (design.md §4.10).
+            models.Index(
+                fields=["controller", "fence"],
+                condition=Q(outcome="running"),
+                name="reconcilerun_running_idx",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.controller} {self.started_at:%Y-%m-%d %H:%M:%S} {self.outcome}"

@@ -46,12 +46,20 @@ def config_ensure(controller: Controller) -> ReconcilerConfig:
     return row
 
 
-def periodic_task_sync(config: EffectiveConfig) -> PeriodicTask:
+def periodic_task_sync(config: EffectiveConfig) -> PeriodicTask | None:
     """Make the controller's PeriodicTask match its config in effect (idempotent; saves only
-    on change).
+    on change). An invalid row is never copied into beat: its task keeps the last valid
+    schedule (its runs are refused anyway, design.md §4.2); None when it has no task yet.
 
     Call inside the caller's transaction; `PeriodicTask.save()` marks the schedule changed.
     """
+    if not config.valid:
+        log.error(
+            "%s: config row is invalid, its beat schedule is left as it was: %s",
+            config.controller,
+            config.error,
+        )
+        return PeriodicTask.objects.filter(name=periodic_task_name(config.controller)).first()
     wanted = {
         "task": task_name(config.controller),
         "queue": settings.RECONCILERS_QUEUE,

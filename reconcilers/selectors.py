@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,7 +20,9 @@ from django.db.models.functions import RowNumber
 from controlplane.common.db import db_now
 from reconcilers.models import ReconcilerConfig, ReconcilerState, ReconcileRun, RunOutcome
 from reconcilers.registry import controller_get, controller_names
+from reconcilers.rules import FAIRNESS_FIELDS, fairness_conflict
 from reconcilers.runtime.config import EffectiveConfig, config_from_row
+from reconcilers.runtime.metrics import ControllerConfigSample
 
 # A controller is stale after this many periods without a successful run: one missed
 # tick is noise (a deploy, a busy lock), three is a controller that stopped working.
@@ -30,10 +32,32 @@ RUNS_PER_CONTROLLER = 50  # the dashboard's chart points per controller
 
 def configs_effective(names: Iterable[str] | None = None) -> dict[str, EffectiveConfig]:
     """The config in effect of each controller (all registered when `names` is None), in
-    registry order, from one query."""
+    registry order, from one query; both sides of a cross-controller rule carry its conflict
+    (reconcilers.rules) when their rows break it."""
     selected = list(names) if names is not None else controller_names()
-    rows = {row.controller: row for row in ReconcilerConfig.objects.filter(controller__in=selected)}
-    return {name: config_from_row(controller_get(name), rows.get(name)) for name in selected}
+    paired = set(FAIRNESS_FIELDS) if set(selected) & set(FAIRNESS_FIELDS) else set()
+    wanted = [*selected, *(paired & set(controller_names()) - set(selected))]
+    rows = {row.controller: row for row in ReconcilerConfig.objects.filter(controller__in=wanted)}
+    configs = {name: config_from_row(controller_get(name), rows.get(name)) for name in wanted}
+    conflict = fairness_conflict({name: configs[name].params for name in paired if name in configs})
+    if conflict is not None:
+        for name in paired & set(configs):
+            configs[name] = replace(configs[name], conflicts=(*configs[name].conflicts, conflict))
+    return {name: configs[name] for name in selected}
+
+
+def config_samples() -> list[ControllerConfigSample]:
+    """What the config gauges show for every controller (read at each scrape)."""
+    return [
+        ControllerConfigSample(
+            controller=name,
+            enabled=config.enabled,
+            dry_run=config.dry_run,
+            interval_seconds=config.period_seconds,
+            invalid=not config.valid,
+        )
+        for name, config in configs_effective().items()
+    ]
 
 
 def config_of(name: str) -> EffectiveConfig:

@@ -2,9 +2,8 @@
 
 Config writes are validated, audited and move the beat schedule in one transaction; the
 admin, the CLI and any API call these, and nothing else writes ReconcilerConfig or the
-global pause. Advice that spans two controllers (queue-priority's fairness bound against
-job-recovery's max_queue_minutes) lives here, since neither controller may know the
-other (design.md §2, §5.3).
+global pause. A save that would break a rule spanning two controllers (reconcilers.rules)
+is refused here, since neither controller may know the other (design.md §2, §5.3).
 """
 
 from __future__ import annotations
@@ -20,14 +19,21 @@ from pydantic import ValidationError
 
 from controlplane.audit.services import audit_record
 from controlplane.commands.priority import QueuePriorityPolicy
+from controlplane.commands.retries import MAX_RETRIES_DEFAULT
 from controlplane.common.db import db_now
 from reconcilers.controllers.job_recovery import JobRecoveryParams
-from reconcilers.controllers.queue_priority import QueuePriorityParams, fairness_bound_minutes
+from reconcilers.controllers.queue_priority import QueuePriorityParams
 from reconcilers.models import GlobalPause, ReconcilerConfig
 from reconcilers.registry import controller_get
-from reconcilers.runtime.config import config_from_row, params_error_text
-from reconcilers.runtime.contract import ControllerParams
-from reconcilers.runtime.metrics import Metrics, metrics
+from reconcilers.rules import FAIRNESS_FIELDS, JOB_RECOVERY, QUEUE_PRIORITY, fairness_conflict
+from reconcilers.runtime.config import (
+    config_defaults,
+    config_from_row,
+    params_error_text,
+    run_timeout_conflict,
+)
+from reconcilers.runtime.contract import Controller, ControllerParams
+from reconcilers.runtime.metrics import Metrics
 from reconcilers.runtime.runner import run
 from reconcilers.runtime.summary import RunSummary
 from reconcilers.schedule import config_ensure, periodic_task_sync
@@ -69,14 +75,32 @@ def _boolean(field: str, value: Any) -> bool:
     return value
 
 
-def config_validate(name: str, changes: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate `changes` for controller `name` and return them normalized (params as the
-    full validated dict, defaults filled in). Raises ConfigValidationError naming the field."""
+def config_validate(
+    name: str,
+    changes: Mapping[str, Any],
+    *,
+    row: ReconcilerConfig | None = None,
+    replace_params: bool = False,
+) -> dict[str, Any]:
+    """Validate `changes` to controller `name`'s config `row` (read when not given) and return
+    them as they will be stored. Raises ConfigValidationError naming the field.
+
+    `params` is merged into the stored params (a scripted change of one key keeps the
+    others) unless `replace_params`; either way the row keeps only the keys an operator
+    set, and the whole result is validated with the defaults filling the rest, so a change
+    that leaves the row invalid is refused. A change to a field that a cross-field
+    constraint reads (run timeout within the period, queue-priority's fairness bound below
+    job-recovery's max_queue_minutes) is refused when the result breaks it.
+    """
     controller = controller_get(name)
     unknown = sorted(set(changes) - set(CONFIG_FIELDS))
     if unknown:
         raise ConfigValidationError(unknown[0], "is not a configurable field")
+    if row is None:
+        row = ReconcilerConfig.objects.filter(controller=name).first()
+    current = _snapshot(row) if row is not None else config_defaults(controller)
     clean: dict[str, Any] = {}
+    params: ControllerParams | None = None
     for field, value in changes.items():
         if field == "interval_seconds":
             clean[field] = _int_in_range(field, value, INTERVAL_SECONDS_RANGE)
@@ -87,49 +111,48 @@ def config_validate(name: str, changes: Mapping[str, Any]) -> dict[str, Any]:
         elif field == "params":
             if not isinstance(value, Mapping):
                 raise ConfigValidationError("params", "must be a JSON object")
-            try:
-                params = controller.validate_params(value)
-            except ValidationError as exc:
-                where, message = params_error_text(exc).split(": ", 1)
-                raise ConfigValidationError(where, message) from None
-            clean[field] = params.model_dump(mode="json")
+            stored = current["params"] if isinstance(current["params"], dict) else {}
+            merged = dict(value) if replace_params else {**stored, **value}
+            params = _params_validate(controller, merged)
+            dumped = params.model_dump(mode="json")
+            clean[field] = {key: dumped[key] for key in merged}
+    after = {**current, **clean}
+    if {"interval_seconds", "run_timeout_seconds"} & set(clean):
+        conflict = run_timeout_conflict(after["run_timeout_seconds"], after["interval_seconds"])
+        if conflict:
+            field = "run_timeout_seconds" if "run_timeout_seconds" in clean else "interval_seconds"
+            raise ConfigValidationError(field, f"refused: {conflict}")
+    if params is not None and name in FAIRNESS_FIELDS:
+        _fairness_check(name, params, changes["params"])
     return clean
 
 
+def _params_validate(controller: Controller, raw: Mapping[str, Any]) -> ControllerParams:
+    try:
+        return controller.validate_params(raw)
+    except ValidationError as exc:
+        where, message = params_error_text(exc).split(": ", 1)
+        raise ConfigValidationError(where, message) from None
+
+
+def _fairness_check(name: str, params: ControllerParams, changed: Mapping[str, Any]) -> None:
+    """Refuse params that break the fairness rule against the other side's config in effect."""
+    other = JOB_RECOVERY if name == QUEUE_PRIORITY else QUEUE_PRIORITY
+    conflict = fairness_conflict({name: params, other: config_of(other).params})
+    if conflict:
+        moved = [key for key in FAIRNESS_FIELDS[name] if key in changed] or ["params"]
+        field = f"params.{moved[0]}" if moved[0] != "params" else "params"
+        raise ConfigValidationError(field, f"refused: {conflict}")
+
+
 def config_warnings(name: str, params: Mapping[str, Any]) -> list[str]:
-    """Advice that does not block a save: the controller's own, and the advice that spans
-    two controllers (empty if the params do not validate)."""
+    """The controller's advice that does not block a save, e.g. retention below a year (empty
+    if the params do not validate)."""
     controller = controller_get(name)
     try:
-        validated = controller.validate_params(params)
+        return controller.config_warnings(controller.validate_params(params))
     except ValidationError:
         return []
-    return [*controller.config_warnings(validated), *_fairness_advice(name, validated)]
-
-
-def _fairness_advice(name: str, params: ControllerParams) -> list[str]:
-    """queue-priority's fairness bound must stay below job-recovery's max_queue_minutes
-    (design.md §5.3): checked when either side changes, against the other's config in effect."""
-    if isinstance(params, QueuePriorityParams):
-        recovery = config_of("job-recovery").params
-        if not isinstance(recovery, JobRecoveryParams):
-            return []  # its row is invalid: that is reported on its own
-        priority, max_queue_minutes = params, recovery.max_queue_minutes
-    elif isinstance(params, JobRecoveryParams):
-        current = config_of("queue-priority").params
-        if not isinstance(current, QueuePriorityParams):
-            return []
-        priority, max_queue_minutes = current, params.max_queue_minutes
-    else:
-        return []
-    bound = fairness_bound_minutes(priority)
-    if bound < max_queue_minutes:
-        return []
-    return [
-        f"queue-priority fairness bound is {bound:g} minutes ((largest plan gap + depth_bonus_max) / "
-        f"age_bonus_per_minute), not below job-recovery's max_queue_minutes ({max_queue_minutes}): "
-        "a low-plan job can expire in the queue behind newer higher-plan work"
-    ]
 
 
 def queue_priority_policy() -> QueuePriorityPolicy:
@@ -145,6 +168,13 @@ def queue_priority_policy() -> QueuePriorityPolicy:
         age_bonus_per_minute=params.age_bonus_per_minute,
         depth_bonus_max=params.depth_bonus_max,
     )
+
+
+def retry_limit_from_config() -> int:
+    """job-recovery's max_retries in effect: the retry limit the app installs into the commands
+    domain at start (controlplane.commands.retries)."""
+    params = config_of("job-recovery").params
+    return params.max_retries if isinstance(params, JobRecoveryParams) else MAX_RETRIES_DEFAULT
 
 
 def run_controller(
@@ -176,20 +206,27 @@ def _snapshot(row: ReconcilerConfig) -> dict[str, Any]:
 
 
 def config_update(
-    name: str, changes: Mapping[str, Any], *, actor: str, expected_version: int | None = None
+    name: str,
+    changes: Mapping[str, Any],
+    *,
+    actor: str,
+    expected_version: int | None = None,
+    replace_params: bool = False,
 ) -> ReconcilerConfig:
     """Validate and apply `changes` to controller `name`'s config, conditional on the row's
     version; write an AuditLog row (reconciler.config.updated, before, after) and sync the
     controller's beat PeriodicTask in the same transaction, then signal the change so a
-    running beat picks it up. Raises ConfigValidationError (nothing saved) or
-    ConfigConflictError (also when `expected_version`, the version the caller edited, is
-    no longer current)."""
-    clean = config_validate(name, changes)
+    running beat picks it up (design.md §4.2).
+
+    `params` merges into the stored params unless `replace_params` (see config_validate).
+    Raises ConfigValidationError (nothing saved) or ConfigConflictError (also when
+    `expected_version`, the version the caller edited, is no longer current)."""
     controller = controller_get(name)
     with transaction.atomic():
         row = config_ensure(controller)
         if expected_version is not None and row.version != expected_version:
             raise ConfigConflictError(f"{name}: config changed since version {expected_version}, reload")
+        clean = config_validate(name, changes, row=row, replace_params=replace_params)
         before = _snapshot(row)
         after = {**before, **clean}
         if after == before:
@@ -213,7 +250,6 @@ def config_update(
         )
         periodic_task_sync(config_from_row(controller, row))
         PeriodicTasks.update_changed()
-        transaction.on_commit(lambda: _publish_config(row))
     log.info("%s: config updated by %s: %s", name, actor, clean)
     return row
 
@@ -236,9 +272,3 @@ def pause_set(paused: bool, *, actor: str) -> GlobalPause:
         )
     log.warning("reconcilers %s globally by %s", "paused" if paused else "resumed", actor)
     return switch
-
-
-def _publish_config(row: ReconcilerConfig) -> None:
-    metrics().set_config(
-        row.controller, enabled=row.enabled, dry_run=row.dry_run, interval_seconds=row.interval_seconds
-    )

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import threading
@@ -22,18 +23,20 @@ from typing import Any
 from celery import beat, platforms
 from celery.signals import beat_init, before_task_publish, celeryd_init, worker_process_shutdown
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, DatabaseError
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection
 from prometheus_client import start_http_server
 
 from reconcilers.registry import controller_names
+from reconcilers.runtime.lock import lock_ttl_seconds
 from reconcilers.runtime.metrics import (
+    ControllerConfigSample,
     metrics_precreate,
     multiprocess_dir_reset,
     multiprocess_mark_dead,
     multiprocess_registry,
 )
 from reconcilers.schedule import schedule_sync, task_name
-from reconcilers.selectors import config_of, configs_effective
+from reconcilers.selectors import config_of, config_samples
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +99,7 @@ def _is_celery_beat_sync_handler(handler: Any) -> bool:
 @celeryd_init.connect
 def on_worker_main_init(sender: Any = None, **kwargs: Any) -> None:
     multiprocess_dir_reset(keep_pid=os.getpid())
-    metrics_precreate(controller_names(), _config_gauges())
+    metrics_precreate(controller_names())
     port = settings.WORKER_METRICS_PORT
     if port:
         _serve_worker_metrics(port)
@@ -118,7 +121,17 @@ def on_before_task_publish(
         return  # the sender chose its own limits
     timeout = reconcile_timeout_seconds(str(sender))
     if timeout is not None:
-        headers["timelimit"] = (timeout + HARD_TIME_LIMIT_MARGIN_SECONDS, timeout)
+        soft, hard = reconcile_time_limits(timeout)
+        headers["timelimit"] = (hard, soft)
+
+
+def reconcile_time_limits(run_timeout_seconds: int) -> tuple[int, int]:
+    """(soft, hard) Celery time limits of a run (design.md §4.8). The run stops itself at the
+    first batch boundary after its run timeout; a batch's statements are bounded by the lock
+    TTL, so the soft limit (an exception raised anywhere in the task) comes one TTL later and
+    only fires when a batch hangs, and the hard kill 30 s after that."""
+    soft = run_timeout_seconds + math.ceil(lock_ttl_seconds())
+    return soft, soft + HARD_TIME_LIMIT_MARGIN_SECONDS
 
 
 def reconcile_timeout_seconds(task: str) -> int | None:
@@ -134,15 +147,15 @@ def reconcile_timeout_seconds(task: str) -> int | None:
         return None
 
 
-def _config_gauges() -> dict[str, tuple[bool, bool, int]]:
+def config_samples_scraped() -> list[ControllerConfigSample]:
+    """The config gauges' source: read from the database at each scrape. The worker's metrics
+    server answers each scrape in a new thread, so a connection opened here is closed here."""
+    opened = connection.connection is None
     try:
-        return {
-            name: (config.enabled, config.dry_run, config.interval_seconds)
-            for name, config in configs_effective().items()
-        }
-    except DatabaseError:
-        log.exception("worker start: could not read reconciler configs for the metrics")
-        return {}
+        return config_samples()
+    finally:
+        if opened and not connection.in_atomic_block:
+            connection.close()
 
 
 def _serve_worker_metrics(port: int) -> None:

@@ -188,7 +188,7 @@ def run(
             {
                 name: {
                     "interval_seconds": interval,
-                    "run_timeout_seconds": 30,
+                    "run_timeout_seconds": interval,  # a run may not outlast its period
                     **({"params": PARAMS[name]} if name in PARAMS else {}),
                 }
                 for name, interval in INTERVALS.items()

@@ -136,7 +136,7 @@ def run(env: StressEnv, *, duration: float = 60.0) -> Report:
             {
                 NAME: {
                     "interval_seconds": 1,
-                    "run_timeout_seconds": 30,
+                    "run_timeout_seconds": 1,  # a run may not outlast its period
                     "params": {
                         "stale_timeout_seconds": STALE_TIMEOUT_SECONDS,
                         "max_offline_fraction": 1.0,  # brake off: it must not hide a mass marking

@@ -73,7 +73,7 @@ def run(env: StressEnv, *, outage_seconds: float = 10.0, settle_seconds: float =
         {
             name: {
                 "interval_seconds": interval,
-                "run_timeout_seconds": 120,
+                "run_timeout_seconds": interval,  # a run may not outlast its period
                 **(
                     {"params": {"retention_days": RETENTION_DAYS, "batch_size": BATCH_SIZE}}
                     if name == "audit-retention"

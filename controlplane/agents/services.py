@@ -169,7 +169,7 @@ def _agent_status_write(
             raise lost_race(_label(agent_id))
         details: dict[str, Any] = {"from_status": row["status"], "to_status": target}
         if target == AgentStatus.REVOKED:
-            details["requeued_commands"] = _agent_held_work_release(agent_id, at=at, actor=actor)
+            details["released_commands"] = _agent_held_work_release(agent_id, at=at, actor=actor)
         audit_record(
             actor=actor, action=action, resource_type="agent", resource_id=agent_id, details=details, at=at
         )
@@ -273,7 +273,7 @@ def agent_update(agent_id: int, *, changes: Mapping[str, Any], expected_version:
             "after": dict(edit.changes),
         }
         if edit.changes.get("status") == AgentStatus.REVOKED:
-            details["requeued_commands"] = _agent_held_work_release(agent_id, at=at, actor=actor)
+            details["released_commands"] = _agent_held_work_release(agent_id, at=at, actor=actor)
         audit_record(
             actor=actor,
             action="agent.updated",

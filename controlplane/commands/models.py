@@ -122,6 +122,12 @@ class Command(models.Model):
                 condition=Q(status="pending", is_platform_job=True, agent__isnull=True),
                 name="command_dispatch_idx",
             ),
+            # A requeue counts its tenant's waiting platform jobs (at most depth_bonus_max).
+            models.Index(
+                fields=["tenant"],
+                condition=Q(status="pending", is_platform_job=True, agent__isnull=True),
+                name="command_tenant_waiting_idx",
+            ),
             # Tenant agents claim their tenant's commands, oldest first.
             models.Index(
                 fields=["tenant", "queued_at", "id"],

@@ -17,7 +17,6 @@ from django.db.models import Q
 
 from controlplane.audit.services import audit_record
 from controlplane.commands.models import TERMINAL_STATUSES, Command, CommandStatus, StatusReason
-from controlplane.commands.services import queue_entry_priorities
 from controlplane.commands.transitions import requeue_values, terminal_values
 from controlplane.common.db import db_now
 from controlplane.common.errors import InvalidTransition
@@ -127,15 +126,14 @@ def command_retry(command_id: int, *, expected_version: int | None, actor: str) 
             expected_version=expected_version,
         )
         at = db_now()
+        # requeue_values recomputes a platform job's priority in the UPDATE itself.
         values = requeue_values(at=at, reason=StatusReason.RETRIED_BY_OPERATOR, message="")
         values.update(dispatch_attempts=0, completed_at=None)
-        priority = _fresh_priority(command_id)
-        if priority is not None:
-            values["queue_priority"] = priority
         if not versioned_update(
             Command, command_id, row["version"], Q(status__in=RETRYABLE_STATUSES), values
         ):
             raise lost_race(_label(command_id))
+        priority = Command.objects.filter(pk=command_id).values_list("queue_priority", flat=True).get()
         audit_record(
             actor=actor,
             action="command.retried",
@@ -144,22 +142,12 @@ def command_retry(command_id: int, *, expected_version: int | None, actor: str) 
             details={
                 "from_status": row["status"],
                 "dispatch_attempts_before": row["dispatch_attempts"],
-                "queue_priority": priority if priority is not None else row["queue_priority"],
+                "queue_priority": priority,
                 "version": row["version"] + 1,
             },
             at=at,
         )
     return True
-
-
-def _fresh_priority(command_id: int) -> int | None:
-    """The priority a platform job gets on re-entering the queue now, or None to keep it."""
-    command = (
-        Command.objects.filter(pk=command_id).values("is_platform_job", "tenant_id", "tenant__plan").get()
-    )
-    if not command["is_platform_job"]:
-        return None
-    return queue_entry_priorities(command["tenant_id"], command["tenant__plan"], 1)[0]
 
 
 def command_update(command_id: int, *, changes: Mapping[str, Any], expected_version: int, actor: str) -> bool:

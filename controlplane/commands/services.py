@@ -14,13 +14,14 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.db.models.functions import Coalesce, Now
 
 from controlplane.agents.models import Agent, AgentHealth, AgentStatus
 from controlplane.commands.models import ACTIVE_STATUSES, Command, CommandStatus, StatusReason
 from controlplane.commands.priority import priority_policy
-from controlplane.commands.transitions import requeue_values
+from controlplane.commands.retries import retry_limit
+from controlplane.commands.transitions import requeue_values, terminal_values, values_when
 from controlplane.common.db import db_now, is_postgresql
 from controlplane.tenants.models import Tenant
 
@@ -149,9 +150,11 @@ def command_enqueue(
 
 
 def commands_release_held(agent_id: int, *, at: datetime, actor: str, **signal: Any) -> list[int]:
-    """Requeue every acknowledged/running command the agent holds (reason holder_revoked),
-    set-based, in the caller's transaction; returns their ids. The receiver of the agents
-    app's `agent_revoked` signal.
+    """Hand back every acknowledged/running command the agent holds, set-based, in the
+    caller's transaction; returns their ids. The receiver of the agents app's
+    `agent_revoked` signal. A command with claims left is requeued (reason holder_revoked,
+    its priority recomputed); one that used its last claim is failed (retries_exhausted),
+    exactly as job-recovery would (design.md §5.2), never given one more claim.
 
     target_agent is kept (it is never changed after creation): a tenant command pinned to
     the revoked agent can no longer be claimed, so job-recovery's queue timeout ends it.
@@ -164,9 +167,19 @@ def commands_release_held(agent_id: int, *, at: datetime, actor: str, **signal: 
         .values_list("pk", flat=True)
     )
     if held:
+        max_retries = retry_limit()
         Command.objects.filter(pk__in=held, agent_id=agent_id, status__in=ACTIVE_STATUSES).update(
-            **requeue_values(
-                at=at, reason=StatusReason.HOLDER_REVOKED, message=f"holder agent revoked by {actor}"
+            **values_when(
+                Q(dispatch_attempts__lt=max_retries),
+                requeue_values(
+                    at=at, reason=StatusReason.HOLDER_REVOKED, message=f"holder agent revoked by {actor}"
+                ),
+                terminal_values(
+                    status=CommandStatus.FAILED,
+                    at=at,
+                    reason=StatusReason.RETRIES_EXHAUSTED,
+                    message=f"exceeded maximum retry attempts ({max_retries}); holder revoked by {actor}",
+                ),
             )
         )
     return held

@@ -23,6 +23,20 @@ def db_now() -> datetime:
         return datetime.fromisoformat(cursor.fetchone()[0]).replace(tzinfo=UTC)
 
 
+def connection_recover() -> None:
+    """Outside any transaction, drop this thread's connection if the server closed it (a
+    terminated backend, a restart), so the next query opens a new one.
+
+    Django does this around requests and Celery around tasks; a long-lived thread of our own
+    (the in-process manager) must do it itself, or every later query fails on the dead
+    connection.
+    """
+    if connection.in_atomic_block or connection.connection is None:
+        return
+    if connection.errors_occurred and not connection.is_usable():
+        connection.close()
+
+
 def is_postgresql() -> bool:
     return connection.vendor == "postgresql"
 

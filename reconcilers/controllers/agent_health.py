@@ -28,13 +28,24 @@ from reconcilers.runtime.contract import Controller, ControllerParams, Reconcile
 
 BATCH_SIZE = 5000  # agents or leases per statement; one short transaction each
 STALE_TIMEOUT_MAX_SECONDS = 86400
+STALE_TIMEOUT_FLOOR_SECONDS = 90  # the default never drops below this, whatever the heartbeat
+STALE_HEARTBEATS_DEFAULT = 3  # the default tolerates two missed heartbeats, marks the third
+
+
+def stale_timeout_default() -> int:
+    """Follows AGENT_HEARTBEAT_INTERVAL_SECONDS, so raising the heartbeat interval never leaves
+    agent-health on a timeout shorter than two heartbeats (design.md §5.1)."""
+    return max(
+        STALE_TIMEOUT_FLOOR_SECONDS, STALE_HEARTBEATS_DEFAULT * settings.AGENT_HEARTBEAT_INTERVAL_SECONDS
+    )
 
 
 class AgentHealthParams(ControllerParams):
     stale_timeout_seconds: int = Field(
-        90,
+        default_factory=stale_timeout_default,
         le=STALE_TIMEOUT_MAX_SECONDS,
-        description="An online agent silent for longer is marked offline (>= 2 heartbeat intervals).",
+        description="An online agent silent for longer is marked offline (>= 2 heartbeat intervals; "
+        "default max(90, 3 x heartbeat)).",
     )
     lease_grace_seconds: int = Field(0, ge=0, le=3600, description="Extra seconds before a lease expires.")
     max_offline_fraction: float = Field(
@@ -124,7 +135,14 @@ class AgentHealthController(Controller):
             "updated_at": Now(),
         }
         stale_count, stale_ids = update_in_batches(
-            ctx, stale, "last_seen_at", BATCH_SIZE, offline_values, nulls_first=True, key_below=stale_cutoff
+            ctx,
+            stale,
+            "last_seen_at",
+            BATCH_SIZE,
+            offline_values,
+            step="stale_offline",
+            nulls_first=True,
+            key_below=stale_cutoff,
         )
         ctx.log_step("stale_offline", stale_count, stale_ids)
 
@@ -135,6 +153,7 @@ class AgentHealthController(Controller):
             "renew_time",
             BATCH_SIZE,
             offline_values,
+            step="lease_offline",
             picked_from=lease_picks,
             picked_field="agent_id",
             sparse=True,  # found by a join: one SELECT, not one per batch
@@ -142,7 +161,11 @@ class AgentHealthController(Controller):
         ctx.log_step("lease_offline", lease_count, lease_ids)
 
         deleted, deleted_ids = delete_in_batches(
-            ctx, expired_leases(now, params.lease_grace_seconds), "renew_time", BATCH_SIZE
+            ctx,
+            expired_leases(now, params.lease_grace_seconds),
+            "renew_time",
+            BATCH_SIZE,
+            step="leases_deleted",
         )
         ctx.log_step("leases_deleted", deleted, deleted_ids)
         return self.result(

@@ -7,7 +7,9 @@ into place) before its delete commits, and the archive is written from the rows 
 DELETE returned, so it holds exactly what was deleted. Batches run in id order (the
 table is append-only, so that is insertion order) and are deleted by id range; the
 DELETE re-checks the age of every row in the range, so a row inserted out of time order
-is never deleted early. One `audit.retention.purged` row records each purge; it is not
+is never deleted early. Each batch writes one `audit.retention.purged` row (its id range,
+how many rows it deleted, its archive file) in its own transaction, so every deleted id
+lies in exactly one record's range even when the run is cut short; those rows are not
 counted in `items`. Dry runs write no file and delete nothing (the runtime rolls them back).
 """
 
@@ -24,7 +26,8 @@ from typing import Any, ClassVar
 from django.db.models import Count, Max, Min, QuerySet
 from pydantic import Field, field_validator
 
-from controlplane.audit.models import AuditLog
+from controlplane.audit.models import AuditLog, AuditLogQuerySet
+from controlplane.audit.redaction import redact_secrets
 from controlplane.audit.services import audit_record
 from controlplane.common.actors import actor_for_controller
 from reconcilers.runtime.contract import Controller, ControllerParams, ReconcileContext, ReconcileResult
@@ -71,7 +74,11 @@ def archive_file_name(first_id: int, last_id: int) -> str:
 
 
 def _archived(row: AuditLog) -> dict[str, Any]:
-    return {name: getattr(row, name) for name in ARCHIVE_FIELDS}
+    """A row as the archive keeps it. Its details pass the redaction again: rows written before
+    a redaction rule existed are not rewritten in the table, but their archive holds no secret."""
+    archived = {name: getattr(row, name) for name in ARCHIVE_FIELDS}
+    archived["details"] = redact_secrets(archived["details"])
+    return archived
 
 
 def archive_write(folder: Path, rows: list[dict[str, Any]]) -> str:
@@ -114,43 +121,51 @@ class AuditRetentionController(Controller):
         cutoff = ctx.now - timedelta(days=params.retention_days)
 
         old_logs = AuditLog.objects.filter(created_at__lt=cutoff)
-        deleted, batches, files, ranges = 0, 0, list[str](), list[int]()
+        actor = actor_for_controller(self.name)
+        deleted, ranges = 0, list[int]()
         position = 0
         while True:
             with ctx.transaction():
                 span = self._next_span(old_logs, position, params.batch_size)
-                if span is not None and archive and not ctx.dry_run:
-                    # Deleted and returned by one statement, archived before the commit
-                    # (a failed write rolls the delete back).
-                    rows = old_logs.retention_delete_id_range_rows(span.first, span.last)
-                    files.append(archive_write(archive, [_archived(row) for row in rows]))
-                    deleted += len(rows)
-                elif span is not None:
-                    deleted += old_logs.retention_delete_id_range(span.first, span.last)
-            if span is None:
-                break
-            batches += 1
+                if span is None:
+                    break
+                count, archive_file = self._purge(old_logs, span, archive if not ctx.dry_run else None)
+                if count:
+                    # In the batch's own transaction: a committed batch always has its record,
+                    # whatever stops the run after it (design.md §5.5).
+                    audit_record(
+                        actor=actor,
+                        action=PURGE_ACTION,
+                        resource_type="audit_log",
+                        details={
+                            "cutoff": cutoff.isoformat(),
+                            "retention_days": params.retention_days,
+                            "first_id": span.first,
+                            "last_id": span.last,
+                            "deleted": count,
+                            "archive_file": archive_file,
+                        },
+                    )
+                    ctx.tally("deleted", count)
+            deleted += count
             ranges.extend((span.first, span.last))  # the DEBUG log shows each range's bounds
             if span.last_batch:
                 break
             position = span.last
         ctx.log_step("deleted", deleted, ranges)
-
-        if deleted:
-            with ctx.transaction():
-                audit_record(
-                    actor=actor_for_controller(self.name),
-                    action=PURGE_ACTION,
-                    resource_type="audit_log",
-                    details={
-                        "cutoff": cutoff.isoformat(),
-                        "retention_days": params.retention_days,
-                        "deleted": deleted,
-                        "batches": batches,
-                        "archive_files": files,
-                    },
-                )
         return self.result(deleted=deleted)
+
+    @staticmethod
+    def _purge(old_logs: AuditLogQuerySet, span: Span, archive: Path | None) -> tuple[int, str | None]:
+        """Delete the old rows of one id range; with an archive folder, write exactly the rows
+        the DELETE returned before the transaction commits (a failed write rolls it back).
+        A range a newer lock holder already emptied deletes nothing and writes no file."""
+        if archive is None:
+            return old_logs.retention_delete_id_range(span.first, span.last), None
+        rows = old_logs.retention_delete_id_range_rows(span.first, span.last)
+        if not rows:
+            return 0, None
+        return len(rows), archive_write(archive, [_archived(row) for row in rows])
 
     @staticmethod
     def _next_span(old_logs: QuerySet[AuditLog], position: int, size: int) -> Span | None:

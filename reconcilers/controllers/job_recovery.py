@@ -14,6 +14,7 @@ the same run. Terminal jobs are never touched.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, ClassVar
 
 from django.db.models import Exists, OuterRef, Q, QuerySet
@@ -22,8 +23,9 @@ from pydantic import Field
 
 from controlplane.agents.models import Agent, AgentHealth, AgentStatus
 from controlplane.commands.models import ACTIVE_STATUSES, Command, CommandStatus, StatusReason
+from controlplane.commands.retries import MAX_RETRIES_DEFAULT
 from controlplane.commands.transitions import requeue_values, terminal_values, values_when
-from reconcilers.queries.batches import update_in_batches, update_in_batches_returning
+from reconcilers.queries.batches import Rows, update_in_batches, update_in_batches_returning
 from reconcilers.runtime.contract import Controller, ControllerParams, ReconcileContext, ReconcileResult
 
 BATCH_SIZE = 5000  # commands per statement; one short transaction each (well under a second)
@@ -37,10 +39,17 @@ class JobRecoveryParams(ControllerParams):
     tenant_stuck_threshold_minutes: int = Field(
         10, ge=1, le=MINUTES_MAX, description="A tenant command acknowledged but not started for longer."
     )
-    max_retries: int = Field(3, ge=1, le=100, description="Claims a job gets before it is failed.")
+    max_retries: int = Field(
+        MAX_RETRIES_DEFAULT, ge=1, le=100, description="Claims a job gets before it is failed."
+    )
     max_queue_minutes: int = Field(
         60, ge=1, le=MINUTES_MAX, description="A pending job waiting longer expires."
     )
+
+
+def _requeued_or_failed(step: str, rows: Rows) -> dict[str, int]:
+    failed = sum(1 for _pk, status in rows if status == CommandStatus.FAILED)
+    return {step: len(rows) - failed, "failed_exhausted": failed}
 
 
 def _progress() -> Greatest:
@@ -106,6 +115,8 @@ class JobRecoveryController(Controller):
                 BATCH_SIZE,
                 values_when(attempts_left, requeue, failed_values),
                 returning=("status",),
+                # Requeued rows count for the trigger's step, failed ones for failed_exhausted.
+                tally=partial(_requeued_or_failed, step),
                 nulls_first=True,
                 key_below=key_bounds.get(step),
                 picked_from=picks.get(step),
@@ -163,7 +174,7 @@ class JobRecoveryController(Controller):
         key: str,
         values: dict[str, Any],
     ) -> int:
-        count, ids = update_in_batches(ctx, candidates, key, BATCH_SIZE, values, nulls_first=True)
+        count, ids = update_in_batches(ctx, candidates, key, BATCH_SIZE, values, step=step, nulls_first=True)
         ctx.log_step(step, count, ids)
         return count
 

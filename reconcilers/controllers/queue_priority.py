@@ -93,7 +93,9 @@ class QueuePriorityController(Controller):
             # range, and the UPDATE takes the range itself (no id list through Python).
             through = self._batch_end(after)
             with ctx.transaction():
-                changed_ids += self._reprioritize(after, through, tenant_part, wait_sql, wait_params, params)
+                batch = self._reprioritize(after, through, tenant_part, wait_sql, wait_params, params)
+                ctx.tally("reprioritized", len(batch))
+            changed_ids += batch
             if through is None:
                 break
             after = through

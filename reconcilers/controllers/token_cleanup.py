@@ -54,6 +54,7 @@ class TokenCleanupController(Controller):
                 BootstrapToken.objects.filter(status=status, **{f"{anchor}__lt": cutoff}),
                 anchor,
                 BATCH_SIZE,
+                step="deleted",
             )
             deleted += count
             deleted_ids.extend(batch_ids)
@@ -65,6 +66,7 @@ class TokenCleanupController(Controller):
             "expires_at",
             BATCH_SIZE,
             {"status": TokenStatus.EXPIRED, "status_changed_at": now},
+            step="expired",
         )
         ctx.log_step("expired", expired, expired_ids)
 
@@ -76,6 +78,7 @@ class TokenCleanupController(Controller):
             "expires_at",
             BATCH_SIZE,
             {"status": TokenStatus.EXHAUSTED, "status_changed_at": now},
+            step="exhausted",
             sparse=True,  # used-up tokens are scattered among the valid ones by expiry
         )
         ctx.log_step("exhausted", exhausted, exhausted_ids)

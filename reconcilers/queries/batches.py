@@ -29,6 +29,12 @@ from django.db.models.sql import DeleteQuery, UpdateQuery
 from reconcilers.runtime.contract import ReconcileContext
 
 Rows = list[tuple[Any, ...]]  # what a batched write returns: (pk, *returning) per changed row
+Tally = Callable[[Rows], Mapping[str, int]]  # a batch's changed rows -> rows per step, for ctx.tally
+
+
+def tally_as(step: str) -> Tally:
+    """Every row a batch changed counts for `step`."""
+    return lambda rows: {step: len(rows)}
 
 
 def update_in_batches(
@@ -38,6 +44,7 @@ def update_in_batches(
     size: int,
     values: Mapping[str, Any],
     *,
+    step: str,
     nulls_first: bool = False,
     key_below: Any = None,
     picked_from: QuerySet[Any] | None = None,
@@ -66,7 +73,8 @@ def update_in_batches(
     would rescan the non-matching rows, or redo the join, for every batch. The ids come
     instead from one streamed SELECT per walk, and each batch's UPDATE re-checks them.
 
-    Returns the number of rows changed and their ids (for the DEBUG log).
+    Each batch's rows are tallied for `step` in its transaction (ctx.tally). Returns the
+    number of rows changed and their ids (for the DEBUG log).
     """
     rows = update_in_batches_returning(
         ctx,
@@ -75,6 +83,7 @@ def update_in_batches(
         size,
         values,
         returning=(),
+        tally=tally_as(step),
         nulls_first=nulls_first,
         key_below=key_below,
         picked_from=picked_from,
@@ -92,6 +101,7 @@ def update_in_batches_returning(
     values: Mapping[str, Any],
     *,
     returning: tuple[str, ...],
+    tally: Tally,
     nulls_first: bool = False,
     key_below: Any = None,
     picked_from: QuerySet[Any] | None = None,
@@ -99,13 +109,15 @@ def update_in_batches_returning(
     sparse: bool = False,
 ) -> Rows:
     """`update_in_batches`, returning `(pk, *returning)` of every changed row, with the
-    values the UPDATE wrote (for a step whose values depend on the row, e.g. a CASE)."""
+    values the UPDATE wrote (for a step whose values depend on the row, e.g. a CASE);
+    `tally` splits each batch's rows among the steps they count for."""
     return _walk(
         ctx,
         candidates if picked_from is None else picked_from,
         key,
         size,
         lambda picked: _update_returning(_picked_rows(candidates, picked), values, returning),
+        tally,
         nulls_first=nulls_first,
         key_below=key_below,
         picked_field=picked_field,
@@ -114,14 +126,14 @@ def update_in_batches_returning(
 
 
 def delete_in_batches(
-    ctx: ReconcileContext, candidates: QuerySet[Any], key: str, size: int
+    ctx: ReconcileContext, candidates: QuerySet[Any], key: str, size: int, *, step: str
 ) -> tuple[int, list[int]]:
-    """DELETE every row of `candidates`, one picked batch per fenced transaction."""
+    """DELETE every row of `candidates`, one picked batch per fenced transaction, tallied for `step`."""
 
     def delete(picked: Any) -> Rows:
         return _delete_returning(_picked_rows(candidates, picked))
 
-    rows = _walk(ctx, candidates, key, size, delete)
+    rows = _walk(ctx, candidates, key, size, delete, tally_as(step))
     return len(rows), [pk for (pk,) in rows]
 
 
@@ -131,6 +143,7 @@ def _walk(
     key: str,
     size: int,
     write: Callable[[Any], Rows],
+    tally: Tally,
     *,
     nulls_first: bool = False,
     key_below: Any = None,
@@ -138,18 +151,24 @@ def _walk(
     sparse: bool = False,
 ) -> Rows:
     """Pick batches of `picked_field` from `source` in batch order and `write` each one in
-    its own fenced transaction; returns what the writes returned."""
+    its own fenced transaction, tallied there; returns what the writes returned."""
+
+    def batch(picked: Any) -> Rows:
+        with ctx.transaction():
+            rows = write(picked)
+            for step, count in tally(rows).items():
+                ctx.tally(step, count)
+        return rows
+
     written: Rows = []
     for head in _batch_heads(source, key, nulls_first, key_below):
         picks = head.values_list(picked_field, flat=True)
         if sparse:
             for ids in _streamed(picks, size):
-                with ctx.transaction():
-                    written.extend(write(ids))
+                written.extend(batch(ids))
             continue
         while True:
-            with ctx.transaction():
-                rows = write(picks[:size])
+            rows = batch(picks[:size])
             written.extend(rows)
             # An empty batch ends the walk; one short of `size` does not, because a
             # concurrent writer may have taken rows out of an otherwise full batch.

@@ -3,9 +3,11 @@
 A run, the beat schedule sync, the dashboard, /readyz, the CLI and the Celery time limits
 all read a controller's config through `config_from_row` (one row) or the selectors built
 on it (all rows in one query), so what "the config in effect" means is decided here only:
-the row when there is one, the controller's defaults when there is none. A row whose
-params no longer validate is reported as invalid, with the validation message; it is
-never silently replaced by the defaults here (the caller decides what an invalid row does).
+a row stores only what an operator set, and the controller's defaults (from code, so a
+changed setting or a new release moves them) fill the rest; a missing row is all
+defaults. A row whose params fail the controller's schema is reported as invalid, with
+the validation message, and is never replaced by the defaults: a run refuses it
+(`invalid_config`, design.md §4.2).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ class EffectiveConfig:
 
     `row_id` is None when no row exists (everything comes from the defaults). `params` is
     None exactly when the row's params fail the controller's schema; `error` then carries
-    the validation message.
+    the validation message. `conflicts` names the constraints that a save refuses but an
+    existing row may break (it keeps running, flagged).
     """
 
     controller: str
@@ -42,6 +45,7 @@ class EffectiveConfig:
     error: str = ""
     version: int | None = None
     updated_at: datetime | None = None
+    conflicts: tuple[str, ...] = ()
 
     @property
     def configured(self) -> bool:
@@ -59,15 +63,23 @@ class EffectiveConfig:
 
 
 def config_defaults(controller: Controller) -> dict[str, Any]:
-    """The values a controller runs with when it has no config row."""
+    """The columns of a new config row. `params` is empty: every parameter takes its default
+    from code until an operator sets it."""
     interval = controller.default_interval_seconds
     return {
         "enabled": True,
         "interval_seconds": interval,
         "dry_run": False,
         "run_timeout_seconds": min(interval, RUN_TIMEOUT_CAP_SECONDS),
-        "params": controller.default_params().model_dump(mode="json"),
+        "params": {},
     }
+
+
+def run_timeout_conflict(run_timeout_seconds: int, period_seconds: int) -> str | None:
+    """A run may not outlast its period: the next tick would find it still holding the lock."""
+    if run_timeout_seconds <= period_seconds:
+        return None
+    return f"run_timeout_seconds ({run_timeout_seconds}) is longer than the period ({period_seconds} s)"
 
 
 def params_error_text(exc: ValidationError) -> str:
@@ -87,7 +99,7 @@ def config_from_row(controller: Controller, row: ReconcilerConfig | None) -> Eff
             interval_seconds=defaults["interval_seconds"],
             dry_run=defaults["dry_run"],
             run_timeout_seconds=defaults["run_timeout_seconds"],
-            params=controller.default_params(),
+            params=controller.validate_params(defaults["params"]),
         )
     params: ControllerParams | None = None
     error = ""
@@ -98,6 +110,7 @@ def config_from_row(controller: Controller, row: ReconcilerConfig | None) -> Eff
             params = controller.validate_params(row.params)
         except ValidationError as exc:
             error = params_error_text(exc)
+    conflict = run_timeout_conflict(row.run_timeout_seconds, row.interval_seconds)
     return EffectiveConfig(
         controller=controller.name,
         enabled=row.enabled,
@@ -109,6 +122,7 @@ def config_from_row(controller: Controller, row: ReconcilerConfig | None) -> Eff
         error=error,
         version=row.version,
         updated_at=row.updated_at,
+        conflicts=(conflict,) if conflict else (),
     )
 
 

@@ -14,8 +14,9 @@ from typing import Any
 
 from django.db import connection, transaction
 
+from reconcilers.models import ReconcileRun
 from reconcilers.runtime.contract import Controller, LockLostError, ReconcileResult, RunTimeoutError
-from reconcilers.runtime.fencing import fence_check
+from reconcilers.runtime.fencing import fence_check, fence_current
 
 # Statement and lock-wait ceilings on PostgreSQL, kept below the lock TTL so a paused
 # holder cannot block a new one indefinitely (threads and libpq waits cannot be
@@ -39,14 +40,46 @@ class RunContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("reconcilers"))
     lock_lost: threading.Event = field(default_factory=threading.Event)
     started_monotonic: float = field(default_factory=time.monotonic)
+    run_id: int | None = None  # the run's history row, kept equal to what has committed
+    committed: dict[str, int] = field(default_factory=dict)  # per step, in committed batches
+    _pending: dict[str, int] | None = field(default=None, repr=False)  # the open batch's tally
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         self.checkpoint()
-        with transaction.atomic():
-            self._apply_server_timeouts()
-            yield
-            fence_check(self.controller, self.fence)
+        if self._pending is not None:  # nested: the outermost transaction owns the tally
+            with transaction.atomic():
+                yield
+            return
+        pending: dict[str, int] = {}
+        self._pending = pending
+        try:
+            with transaction.atomic():
+                self._apply_server_timeouts()
+                yield
+                fence_check(self.controller, self.fence)
+                self._progress_write(pending)
+        finally:
+            self._pending = None
+        for step, count in pending.items():
+            self.committed[step] = self.committed.get(step, 0) + count
+
+    def tally(self, step: str, count: int) -> None:
+        if self._pending is None:
+            raise RuntimeError(f"{self.controller}: tally({step!r}) outside ctx.transaction()")
+        if count:
+            self._pending[step] = self._pending.get(step, 0) + count
+
+    def _progress_write(self, pending: dict[str, int]) -> None:
+        """In the batch's own transaction: the run row's steps and items become the committed
+        counts plus this batch's, so the row always equals what has committed. A dry run's
+        writes roll back, so it shows no live progress (design.md §4.10)."""
+        if self.run_id is None or self.dry_run or not pending:
+            return
+        steps = dict(self.committed)
+        for step, count in pending.items():
+            steps[step] = steps.get(step, 0) + count
+        ReconcileRun.objects.filter(pk=self.run_id).update(steps=steps, items=sum(steps.values()))
 
     def log_step(self, step: str, count: int, ids: Sequence[int] = ()) -> None:
         params = self.params.model_dump(mode="json") if hasattr(self.params, "model_dump") else self.params
@@ -71,6 +104,10 @@ class RunContext:
         if self.lock_lost.is_set():
             raise LockLostError(f"{self.controller}: lock renewal failed")
         if time.monotonic() - self.started_monotonic > self.timeout_seconds:
+            # A holder frozen past its lock (SIGSTOP, a long GC pause) resumes past its run
+            # timeout too; it must learn first that it lost the lock (design.md §4.4).
+            if fence_current(self.controller) != self.fence:
+                raise LockLostError(f"{self.controller}: a newer grant exists (found at the run timeout)")
             raise RunTimeoutError(f"{self.controller}: run exceeded {self.timeout_seconds:g}s")
 
     def _apply_server_timeouts(self) -> None:

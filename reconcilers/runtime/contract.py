@@ -42,10 +42,12 @@ class ControllerParams(BaseModel):
     """Base of every controller's typed parameter schema.
 
     Strict: params arrive as JSON, and lax coercion would read `true` as 1 (a one-day
-    retention) or "30" as a number; unknown keys are rejected too.
+    retention) or "30" as a number; unknown keys are rejected too. Defaults are validated
+    like any value, so a default that breaks a constraint (a stale timeout under two
+    heartbeats after the heartbeat setting rose) is an error, not a silent exception.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, validate_default=True)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,12 @@ class ReconcileContext(Protocol):
         same transaction and raises LockLostError (rolling back) if a newer grant exists.
         In a dry run the whole reconcile sits in an outer transaction that is rolled back,
         so steps see each other's effects exactly as in a real run."""
+        ...
+
+    def tally(self, step: str, count: int) -> None:
+        """Inside `transaction()`: count `count` rows changed by `step` in this batch. The run's
+        history row is updated with the batch, in its transaction, so it always shows what has
+        committed, and a run cut short still records it."""
         ...
 
     def log_step(self, step: str, count: int, ids: Sequence[int] = ()) -> None:

@@ -3,6 +3,10 @@
 Names: `<METRICS_NAMESPACE>_controller_<metric>`; every label combination of the
 registered controllers is pre-created at 0 so a dashboard or alert never sees a gap.
 
+The config gauges (enabled, dry_run, interval_seconds, config_invalid) are not recorded by
+runs: a collector reads them from the database at each scrape (design.md §4.12), so every
+process's /metrics follows an admin change within one scrape.
+
 Multiprocess: with PROMETHEUS_MULTIPROC_DIR set (Celery prefork, several gunicorn
 workers), prometheus_client writes each process's values to files in that directory;
 `multiprocess_registry()` aggregates them for a scrape. Gauge modes say how processes
@@ -15,7 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from pathlib import Path
@@ -23,6 +28,8 @@ from typing import Any, Protocol
 
 from django.conf import settings
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +62,7 @@ class Metrics(Protocol):
 
     def set_brake_engaged(self, controller: str, engaged: bool) -> None: ...
 
-    def set_config(self, controller: str, *, enabled: bool, dry_run: bool, interval_seconds: int) -> None: ...
+    def increment_runs_abandoned(self, controller: str, count: int) -> None: ...
 
     def precreate(self, controllers: Iterable[str]) -> None: ...
 
@@ -89,7 +96,7 @@ class NoopMetrics:
     def set_brake_engaged(self, controller: str, engaged: bool) -> None:
         pass
 
-    def set_config(self, controller: str, *, enabled: bool, dry_run: bool, interval_seconds: int) -> None:
+    def increment_runs_abandoned(self, controller: str, count: int) -> None:
         pass
 
     def precreate(self, controllers: Iterable[str]) -> None:
@@ -147,21 +154,10 @@ class PrometheusMetrics:
             multiprocess_mode="mostrecent",
             **common,
         )
-        self.enabled = Gauge(
-            "enabled",
-            "1 when the controller is enabled.",
+        self.runs_abandoned_total = Counter(
+            "runs_abandoned_total",
+            "Runs found still marked running by a newer grant: their process died mid-run.",
             ["controller"],
-            multiprocess_mode="mostrecent",
-            **common,
-        )
-        self.dry_run = Gauge(
-            "dry_run", "1 when dry-run is on.", ["controller"], multiprocess_mode="mostrecent", **common
-        )
-        self.interval_seconds = Gauge(
-            "interval_seconds",
-            "Configured interval.",
-            ["controller"],
-            multiprocess_mode="mostrecent",
             **common,
         )
 
@@ -180,9 +176,7 @@ class PrometheusMetrics:
                 self.lock_lost_total,
                 self.dry_run_pending_items,
                 self.brake_engaged,
-                self.enabled,
-                self.dry_run,
-                self.interval_seconds,
+                self.runs_abandoned_total,
             ):
                 metric.labels(name)
 
@@ -215,10 +209,8 @@ class PrometheusMetrics:
     def set_brake_engaged(self, controller: str, engaged: bool) -> None:
         self.brake_engaged.labels(controller).set(1 if engaged else 0)
 
-    def set_config(self, controller: str, *, enabled: bool, dry_run: bool, interval_seconds: int) -> None:
-        self.enabled.labels(controller).set(1 if enabled else 0)
-        self.dry_run.labels(controller).set(1 if dry_run else 0)
-        self.interval_seconds.labels(controller).set(interval_seconds)
+    def increment_runs_abandoned(self, controller: str, count: int) -> None:
+        self.runs_abandoned_total.labels(controller).inc(count)
 
 
 @cache
@@ -230,16 +222,79 @@ def metrics() -> PrometheusMetrics:
     return PrometheusMetrics(settings.METRICS_NAMESPACE)
 
 
-def metrics_precreate(
-    controllers: Iterable[str], configs: Mapping[str, tuple[bool, bool, int]] | None = None
-) -> None:
-    """Pre-create every series of `controllers` at 0 and publish their config gauges
-    (`configs`: name -> (enabled, dry_run, interval_seconds), read from the database by the
-    caller when it can). The caller names the controllers: the runtime knows no registry."""
-    instance = metrics()
-    instance.precreate(controllers)
-    for name, (enabled, dry_run, interval) in (configs or {}).items():
-        instance.set_config(name, enabled=enabled, dry_run=dry_run, interval_seconds=interval)
+def metrics_precreate(controllers: Iterable[str]) -> None:
+    """Pre-create every series of `controllers` at 0. The caller names the controllers: the
+    runtime knows no registry."""
+    metrics().precreate(controllers)
+
+
+@dataclass(frozen=True)
+class ControllerConfigSample:
+    """One controller's config as the gauges show it."""
+
+    controller: str
+    enabled: bool
+    dry_run: bool
+    interval_seconds: int
+    invalid: bool
+
+
+ConfigSource = Callable[[], Iterable[ControllerConfigSample]]
+
+
+class ConfigCollector(Collector):
+    """The config gauges, read from `source` (the database) at every scrape.
+
+    A value recorded by runs would go stale the moment an operator changes the config, and
+    in multiprocess mode each process would keep its own; read at scrape time, every /metrics
+    follows the database. A scrape while the database is down leaves these series out
+    rather than failing the scrape.
+    """
+
+    def __init__(self, namespace: str, source: ConfigSource) -> None:
+        self.prefix = f"{namespace}_{SUBSYSTEM}_"
+        self.source = source
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())  # values come from the database: nothing to check at registration
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            samples = list(self.source())
+        except Exception:  # never fail the scrape: the other series still tell a story
+            log.exception("metrics: could not read the controller configs")
+            return
+        families = {
+            "enabled": ("1 when the controller is enabled.", lambda c: c.enabled),
+            "dry_run": ("1 when dry-run is on.", lambda c: c.dry_run),
+            "interval_seconds": (
+                "Configured interval (seconds between due runs).",
+                lambda c: c.interval_seconds,
+            ),
+            "config_invalid": (
+                "1 when the config row fails its schema: every run is refused (invalid_config).",
+                lambda c: c.invalid,
+            ),
+        }
+        for name, (documentation, value) in families.items():
+            family = GaugeMetricFamily(self.prefix + name, documentation, labels=["controller"])
+            for sample in samples:
+                family.add_metric([sample.controller], float(value(sample)))
+            yield family
+
+
+_config_collector: ConfigCollector | None = None
+
+
+def config_source_install(source: ConfigSource) -> None:
+    """Export the config gauges from `source` in this process's scrapes (called at start by
+    the app that knows where configs live; a second call replaces the source)."""
+    global _config_collector
+    if _config_collector is None:
+        _config_collector = ConfigCollector(settings.METRICS_NAMESPACE, source)
+        REGISTRY.register(_config_collector)
+    else:
+        _config_collector.source = source
 
 
 def multiprocess_enabled() -> bool:
@@ -275,10 +330,12 @@ def multiprocess_mark_dead(pid: int) -> None:
 
 
 def multiprocess_registry() -> CollectorRegistry:
-    """A registry that aggregates every process's values (multiprocess mode), or the
-    default registry when this process is the only one recording."""
+    """What a scrape of this process shows: in multiprocess mode every process's values
+    aggregated, plus the config gauges; otherwise the default registry, which has both."""
     if not multiprocess_enabled():
         return REGISTRY
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
+    if _config_collector is not None:
+        registry.register(_config_collector)
     return registry

@@ -1,10 +1,11 @@
 """The runner: one reconcile of one controller, with every cross-cutting concern in one place.
 
-Order (design.md §4): config -> global pause -> disabled -> lock -> fencing token ->
-too-soon claim -> database clock -> reconcile -> record the run -> metrics -> release ->
-prune history. The runner is handed a Controller and knows no registry: the reconciler
-app's `run_controller(name)` resolves a name, and Celery tasks, the CLI, the admin and
-the in-process manager all go through it.
+Order (design.md §4): config -> global pause -> disabled -> invalid config -> lock ->
+fencing token and database clock -> close abandoned runs -> too-soon claim -> running row ->
+reconcile (each batch updates the row) -> record the end -> metrics -> release -> prune.
+The runner is handed a Controller and knows no registry: the reconciler app's
+`run_controller(name)` resolves a name, and Celery tasks, the CLI, the admin and the
+in-process manager all go through it.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.db.models import Q
 
-from controlplane.common.db import db_now
-from reconcilers.models import ReconcilerState, ReconcileRun, RunReason
+from controlplane.common.db import connection_recover, db_now
+from reconcilers.models import ReconcilerState, ReconcileRun, RunOutcome, RunReason
 from reconcilers.runtime.config import EffectiveConfig, config_effective, paused_globally
 from reconcilers.runtime.context import RunContext, reconcile_in_context
 from reconcilers.runtime.contract import (
@@ -33,7 +34,7 @@ from reconcilers.runtime.contract import (
     ReconcileResult,
     RunTimeoutError,
 )
-from reconcilers.runtime.fencing import fence_current, fence_grant
+from reconcilers.runtime.fencing import Grant, fence_current, fence_grant
 from reconcilers.runtime.lock import LockRenewer, LockUnavailableError, lock_acquire, lock_ttl_seconds
 from reconcilers.runtime.metrics import Metrics, metrics
 from reconcilers.runtime.summary import RunSummary
@@ -64,25 +65,16 @@ def run(
     """Run one reconcile of `controller` through the full runtime and record it.
 
     `dry_run` None means the config's flag decides. `force` bypasses paused, disabled and
-    too_soon, never the lock. No exception escapes: the outcome is in the summary and in a
-    ReconcileRun row.
+    too_soon, never an invalid config and never the lock. No exception escapes: the outcome
+    is in the summary and in a ReconcileRun row.
     """
     sink = metrics_sink or metrics()
-    started = time.monotonic()
+    one = _Run(controller, sink, dry_run, force, ignore_brake, trigger, time.monotonic())
     try:
-        return _Run(controller, sink, dry_run, force, ignore_brake, trigger, started).execute()
-    except Exception as exc:  # the database itself failed: nothing could be recorded
+        return one.execute()
+    except Exception as exc:  # the database failed outside the reconcile itself
         log.exception("%s: run failed outside the controller", controller.name)
-        sink.increment_reconcile_errors(controller.name)
-        sink.record_reconcile(controller.name, 0, time.monotonic() - started, exc)
-        return RunSummary.error(
-            controller.name,
-            RunReason.EXCEPTION,
-            dry_run=bool(dry_run),
-            fence=None,
-            duration_s=time.monotonic() - started,
-            error_text=traceback.format_exc(),
-        )
+        return one.fail_outside(exc, traceback.format_exc())
 
 
 class _Run:
@@ -108,21 +100,20 @@ class _Run:
         self.started = started
         self.host = worker_host()
         self.clock: datetime | None = None  # the last database time this run read
+        self.row_id: int | None = None  # the history row, once the run holds its grant
+        self.grant: Grant | None = None
+        self.ctx: RunContext | None = None
 
     def execute(self) -> RunSummary:
+        connection_recover()  # a connection the server closed during the previous run
         config = config_effective(self.controller)
-        # Published by every run too, so each worker's gauges follow config changes.
-        self.sink.set_config(
-            self.name,
-            enabled=config.enabled,
-            dry_run=config.dry_run,
-            interval_seconds=config.interval_seconds,
-        )
         dry_run = config.dry_run if self.requested_dry_run is None else self.requested_dry_run
         if not self.force and paused_globally():
             return self.skip(RunReason.PAUSED, dry_run)
         if not self.force and not config.enabled:
             return self.skip(RunReason.DISABLED, dry_run)
+        if config.params is None:
+            return self.refuse(config, dry_run)
         try:
             held = lock_acquire(self.name)
         except LockUnavailableError as exc:
@@ -133,53 +124,99 @@ class _Run:
         lost = threading.Event()
         renewer = LockRenewer(held, lost).start()
         try:
-            return self.run_holding_lock(config, dry_run, lost)
+            return self.run_holding_lock(config, config.params, dry_run, lost)
         finally:
             renewer.stop()
             held.release()
             self.prune()
 
-    def params(self, config: EffectiveConfig) -> ControllerParams:
-        if config.params is not None:
-            return config.params
-        log.error("%s: invalid params in the database, using defaults: %s", self.name, config.error)
-        return self.controller.default_params()
+    def refuse(self, config: EffectiveConfig, dry_run: bool) -> RunSummary:
+        """A config row that fails its schema is refused, never replaced by the defaults: the
+        run ends as error `invalid_config` and changes nothing (design.md §4.2)."""
+        log.error("%s: run refused, its config row is invalid: %s", self.name, config.error)
+        at = self.clock = db_now()
+        summary = RunSummary.error(
+            self.name,
+            RunReason.INVALID_CONFIG,
+            dry_run=dry_run,
+            fence=None,
+            duration_s=time.monotonic() - self.started,
+            error_text=f"invalid config: {config.error}",
+        )
+        row = self.record(summary, at, at)
+        self.sink.record_reconcile(self.name, 0, summary.duration_s, InvalidConfigError(config.error))
+        self.sink.increment_reconcile_errors(self.name)
+        return replace(summary, run_id=row.pk)
 
-    def run_holding_lock(self, config: EffectiveConfig, dry_run: bool, lost: threading.Event) -> RunSummary:
-        grant = fence_grant(self.name, self.host)
+    def run_holding_lock(
+        self, config: EffectiveConfig, params: ControllerParams, dry_run: bool, lost: threading.Event
+    ) -> RunSummary:
+        grant = self.grant = fence_grant(self.name, self.host)
         fence = grant.fence
         started_at = grant.at  # the run's one clock: every step's cutoffs use it
+        self.abandon_older(grant)
         claimed = False
         if not dry_run:
             claimed = self.anchor_claim(fence, started_at, config.period_seconds)
             if not claimed:
                 if fence_current(self.name) != fence:
-                    return self.fail(
-                        started_at, dry_run, fence, LockLostError("newer grant before start"), ""
-                    )
+                    return self.fail(LockLostError("newer grant before start"), "", dry_run)
                 if not self.force:
                     return self.skip(RunReason.TOO_SOON, dry_run, started_at=started_at, fence=fence)
-        ctx = RunContext(
+        self.row_id = self.running_row(started_at, dry_run, fence).pk
+        ctx = self.ctx = RunContext(
             controller=self.name,
             now=started_at,
             fence=fence,
-            params=self.params(config),
+            params=params,
             dry_run=dry_run,
             ignore_brake=self.ignore_brake,
             timeout_seconds=float(config.run_timeout_seconds),
             statement_timeout_seconds=lock_ttl_seconds(),
             lock_lost=lost,
+            run_id=self.row_id,
         )
         self.sink.set_controller_running(self.name, True)
         try:
             result = reconcile_in_context(self.controller, ctx)
         except Exception as exc:
+            error_text = traceback.format_exc()
+            connection_recover()
             if claimed:
                 self.anchor_restore(started_at, grant.last_real_started_at)
-            return self.fail(started_at, dry_run, fence, exc, traceback.format_exc())
+            return self.fail(exc, error_text, dry_run)
         finally:
             self.sink.set_controller_running(self.name, False)
         return self.succeed(started_at, dry_run, fence, result)
+
+    def abandon_older(self, grant: Grant) -> None:
+        """Close the rows of earlier grants still marked running: their process stopped without
+        recording an end (killed, host lost) or is a stale holder, which overwrites this with
+        its own end (lock_lost) if it ever resumes."""
+        abandoned = ReconcileRun.objects.filter(
+            controller=self.name, outcome=RunOutcome.RUNNING, fence__lt=grant.fence
+        ).update(
+            outcome=RunOutcome.ERROR,
+            reason=RunReason.ABANDONED,
+            finished_at=grant.at,
+            error=f"still running when grant {grant.fence} was taken ({self.host}): its process "
+            "stopped without recording an end; items are what it had committed",
+        )
+        if abandoned:
+            log.warning("%s: closed %d abandoned run(s) of earlier grants", self.name, abandoned)
+            self.sink.increment_runs_abandoned(self.name, abandoned)
+
+    def running_row(self, started_at: datetime, dry_run: bool, fence: int) -> ReconcileRun:
+        """The run's history row from the moment it holds its grant (design.md §4.10)."""
+        return ReconcileRun.objects.create(
+            controller=self.name,
+            started_at=started_at,
+            outcome=RunOutcome.RUNNING,
+            dry_run=dry_run,
+            forced=self.force,
+            fence=fence,
+            worker_host=self.host,
+        )
 
     def anchor_claim(self, fence: int, started_at: datetime, period_seconds: int) -> bool:
         """Atomically: is the previous successful real start far enough back, and if so make
@@ -224,27 +261,66 @@ class _Run:
         )
         return replace(summary, run_id=run.pk)
 
-    def fail(
-        self, started_at: datetime, dry_run: bool, fence: int, exc: BaseException, error_text: str
-    ) -> RunSummary:
+    def fail(self, exc: BaseException, error_text: str, dry_run: bool) -> RunSummary:
+        """The run stopped (timeout, lock lost, an exception): it ends as error with the reason
+        and what its batches committed, which the metrics count too."""
         reason = _error_reason(exc)
+        if reason != RunReason.LOCK_LOST and self.superseded():
+            # A stale holder (paused past its lock, then hit by its timeout, Celery's soft
+            # limit or an error its successor's writes caused) ends as lock_lost: that is
+            # what happened; the error text keeps the rest (design.md §4.10).
+            reason = RunReason.LOCK_LOST
         log.error("%s: run failed (%s): %s", self.name, reason, exc)
         finished_at = self.clock = db_now()
         duration = time.monotonic() - self.started
+        committed = self.ctx.committed if self.ctx is not None and not dry_run else {}
         summary = RunSummary.error(
             self.name,
             reason,
             dry_run=dry_run,
-            fence=fence,
+            fence=self.grant.fence if self.grant else None,
             duration_s=duration,
             error_text=error_text or f"{type(exc).__name__}: {exc}",
+            steps=committed,
         )
+        started_at = self.grant.at if self.grant else finished_at
         run = self.record(summary, started_at, finished_at)
-        self.sink.record_reconcile(self.name, 0, duration, exc)
+        self.sink.record_reconcile(self.name, summary.items, duration, exc)
         self.sink.increment_reconcile_errors(self.name)
         if reason == RunReason.LOCK_LOST:
             self.sink.increment_lock_lost(self.name)
         return replace(summary, run_id=run.pk)
+
+    def superseded(self) -> bool:
+        """Whether a newer grant exists than this run's (False before the grant)."""
+        if self.grant is None:
+            return False
+        try:
+            return fence_current(self.name) != self.grant.fence
+        except DatabaseError:
+            return False
+
+    def fail_outside(self, exc: BaseException, error_text: str) -> RunSummary:
+        """The database failed where no reconcile was running (reading the config, recording
+        the end): record the end if a fresh connection can, else only the metrics."""
+        dry_run = bool(self.requested_dry_run)
+        try:
+            connection_recover()
+            return self.fail(exc, error_text, dry_run)
+        except Exception:
+            log.exception("%s: could not record the failed run", self.name)
+        duration = time.monotonic() - self.started
+        self.sink.increment_reconcile_errors(self.name)
+        self.sink.record_reconcile(self.name, 0, duration, exc)
+        return RunSummary.error(
+            self.name,
+            _error_reason(exc),
+            dry_run=dry_run,
+            fence=self.grant.fence if self.grant else None,
+            duration_s=duration,
+            error_text=error_text,
+            run_id=self.row_id,
+        )
 
     def skip(
         self, reason: str, dry_run: bool, *, started_at: datetime | None = None, fence: int | None = None
@@ -259,23 +335,28 @@ class _Run:
         return replace(summary, run_id=run.pk)
 
     def record(self, summary: RunSummary, started_at: datetime, finished_at: datetime) -> ReconcileRun:
-        """The run's history row (design.md §4.10)."""
-        return ReconcileRun.objects.create(
-            controller=self.name,
-            started_at=started_at,
-            finished_at=finished_at,
-            outcome=summary.outcome,
-            reason=summary.reason or "",
-            items=summary.items,
-            steps=dict(summary.steps),
-            would_change=dict(summary.would_change),
-            flags=dict(summary.flags),
-            dry_run=summary.dry_run,
-            forced=self.force,
-            fence=summary.fence,
-            worker_host=self.host,
-            error=summary.error_text,
-        )
+        """The run's history row as it ended (design.md §4.10): the running row when there is
+        one (this process's end overwrites an `abandoned` written meanwhile by a newer grant),
+        else a new row."""
+        values = {
+            "controller": self.name,
+            "started_at": started_at,
+            "finished_at": finished_at,
+            "outcome": summary.outcome,
+            "reason": summary.reason or "",
+            "items": summary.items,
+            "steps": dict(summary.steps),
+            "would_change": dict(summary.would_change),
+            "flags": dict(summary.flags),
+            "dry_run": summary.dry_run,
+            "forced": self.force,
+            "fence": summary.fence,
+            "worker_host": self.host,
+            "error": summary.error_text,
+        }
+        if self.row_id is not None and ReconcileRun.objects.filter(pk=self.row_id).update(**values):
+            return ReconcileRun(pk=self.row_id, **values)
+        return ReconcileRun.objects.create(**values)
 
     def prune(self) -> None:
         last = _pruned_at.get(self.name)
@@ -317,6 +398,10 @@ def run_history_prune(
     if deleted:
         log.info("%s: pruned %d runs older than %s", controller, deleted, cutoff.isoformat())
     return deleted
+
+
+class InvalidConfigError(Exception):
+    """What the metrics record for a run refused because its config row is invalid."""
 
 
 def _error_reason(exc: BaseException) -> str:

@@ -75,15 +75,17 @@ class RunSummary:
         fence: int | None,
         duration_s: float,
         error_text: str,
+        steps: Mapping[str, int] | None = None,
         run_id: int | None = None,
     ) -> RunSummary:
-        """A run that ended in an error: nothing it did is reported as done."""
+        """A run that ended in an error, with what its batches committed before it stopped."""
+        committed = dict(steps or {})
         return cls(
             controller=controller,
             outcome=RunOutcome.ERROR,
             reason=reason,
-            items=0,
-            steps={},
+            items=sum(committed.values()),
+            steps=committed,
             dry_run=dry_run,
             would_change={},
             flags={},

@@ -119,10 +119,11 @@ def stack(tmp_path: Path) -> Iterator[Processes]:
     processes.run(python, "manage.py", "migrate", "-v0")
     health = {
         "interval_seconds": INTERVAL_SECONDS,
+        "run_timeout_seconds": INTERVAL_SECONDS,
         # The brake is off: at the end the whole fleet stops heartbeating at once, on purpose.
         "params": {"stale_timeout_seconds": STALE_TIMEOUT_SECONDS, "max_offline_fraction": 1.0},
     }
-    recovery = {"interval_seconds": INTERVAL_SECONDS}
+    recovery = {"interval_seconds": INTERVAL_SECONDS, "run_timeout_seconds": INTERVAL_SECONDS}
     processes.run(
         python,
         "manage.py",

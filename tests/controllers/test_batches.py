@@ -38,6 +38,7 @@ def test_update_walks_null_keys_first_then_key_order_and_changes_only_candidates
         "last_seen_at",
         2,
         {"health": AgentHealth.OFFLINE, "version": F("version") + 1},
+        step="stale_offline",
         nulls_first=True,
         sparse=sparse,
         key_below=now - timedelta(minutes=1) if bounded else None,
@@ -77,7 +78,9 @@ def test_batch_count_follows_rows_not_calls_per_row(make_agent: MakeAgent) -> No
         Agent.objects.update(health=AgentHealth.ONLINE)
         ctx = run_context("agent-health")
         queries, _ = count_queries(
-            lambda: update_in_batches(ctx, candidates, "last_seen_at", size, {"health": AgentHealth.OFFLINE})
+            lambda: update_in_batches(
+                ctx, candidates, "last_seen_at", size, {"health": AgentHealth.OFFLINE}, step="stale_offline"
+            )
         )
         assert not candidates.exists()
         return queries
@@ -97,7 +100,9 @@ def test_delete_returns_the_deleted_ids_in_batches(make_agent: MakeAgent) -> Non
     old = AgentLease.objects.filter(renew_time__lt=now - timedelta(seconds=90))
     old_ids = list(old.values_list("pk", flat=True))
 
-    count, deleted = delete_in_batches(run_context("agent-health"), old, "renew_time", 2)
+    count, deleted = delete_in_batches(
+        run_context("agent-health"), old, "renew_time", 2, step="leases_deleted"
+    )
 
     assert count == 3
     assert sorted(deleted) == sorted(old_ids)
@@ -108,7 +113,9 @@ def test_delete_refuses_a_model_with_cascades(make_agent: MakeAgent) -> None:
     """A raw DELETE would skip Django's cascades: the helper refuses instead of orphaning rows."""
     make_agent()
     with pytest.raises(ValueError, match="cascades"):
-        delete_in_batches(run_context("agent-health"), Agent.objects.all(), "last_seen_at", 10)
+        delete_in_batches(
+            run_context("agent-health"), Agent.objects.all(), "last_seen_at", 10, step="leases_deleted"
+        )
     assert Agent.objects.count() == 1
 
 
@@ -141,7 +148,12 @@ def test_a_batch_probes_its_picked_ids_instead_of_scanning_every_candidate(db: o
     stale = Agent.objects.filter(health=AgentHealth.ONLINE, last_seen_at__lt=now - timedelta(hours=1))
     with connection.execute_wrapper(keep_updates):
         count, _ = update_in_batches(  # batches as large as production's, where the plans part
-            run_context("agent-health"), stale, "last_seen_at", 5000, {"health": AgentHealth.OFFLINE}
+            run_context("agent-health"),
+            stale,
+            "last_seen_at",
+            5000,
+            {"health": AgentHealth.OFFLINE},
+            step="stale_offline",
         )
 
     assert count == 20_000

@@ -16,11 +16,12 @@ from controlplane.common.db import db_now
 from controlplane.tenants.models import Tenant
 from reconcilers.controllers import job_recovery as jr_module
 from reconcilers.controllers.job_recovery import JobRecoveryParams
+from reconcilers.models import ReconcilerConfig
 from reconcilers.registry import controller_get
 from reconcilers.runtime.context import reconcile_in_context
 from reconcilers.runtime.contract import LockLostError
 from reconcilers.runtime.fencing import fence_grant
-from reconcilers.services import config_warnings
+from reconcilers.services import ConfigValidationError, config_update
 from tests.controllers.conftest import RunController, count_queries, run_context, table_snapshot
 
 NAME = "job-recovery"
@@ -359,6 +360,41 @@ def test_params() -> None:
 
 
 @pytest.mark.django_db
-def test_warns_when_max_queue_minutes_drops_below_the_fairness_bound() -> None:
-    assert config_warnings(NAME, JobRecoveryParams().model_dump()) == []
-    assert "max_queue_minutes" in config_warnings(NAME, {"max_queue_minutes": 40})[0]
+def test_max_queue_minutes_below_the_fairness_bound_is_refused() -> None:
+    with pytest.raises(ConfigValidationError, match="max_queue_minutes") as refused:
+        config_update(NAME, {"params": {"max_queue_minutes": 40}}, actor="user:test")
+    assert refused.value.field == "params.max_queue_minutes"
+    assert "max_queue_minutes" not in ReconcilerConfig.objects.get(controller=NAME).params
+
+
+@pytest.mark.django_db
+def test_a_requeued_platform_job_gets_the_formula_at_wait_zero_not_its_aged_priority(
+    run_controller: RunController,
+    make_tenant: Callable[..., Tenant],
+    make_command: MakeCommand,
+    make_agent: MakeAgent,
+) -> None:
+    """Queued 40 minutes ago (aged priority 25 + 40 x 2), claimed, then requeued as stuck: its
+    priority is the formula's at wait 0 with its tenant's depth when the run commits."""
+    from controlplane.commands.services import command_claim
+
+    tenant = make_tenant(plan="free")
+    now = db_now()
+    job = make_command(tenant=tenant, queued_at=now - timedelta(minutes=40), queue_priority=25 + 80 + 9)
+    agent = make_agent(last_seen_at=now, max_concurrent_jobs=5)
+    assert command_claim(agent.pk) is not None
+    waiting = [make_command(tenant=tenant, queued_at=now) for _ in range(3)]  # the tenant's depth: 3 + itself
+    tenant_command = active(
+        make_command, agent, now - timedelta(hours=2), is_platform_job=False, queue_priority=7
+    )
+    later = now + timedelta(minutes=31)
+    Agent.objects.filter(pk=agent.pk).update(last_seen_at=later)
+
+    result = run_controller(NAME, now=later)
+
+    assert result.steps == steps(recovered_stuck=2)
+    job.refresh_from_db()
+    assert (job.status, job.queued_at) == (CommandStatus.PENDING, later)
+    assert job.queue_priority == 25 + 0 * 2 + max(0, 10 - (len(waiting) + 1))  # = 31
+    tenant_command.refresh_from_db()
+    assert tenant_command.queue_priority == 7  # tenant commands are dispatched oldest first

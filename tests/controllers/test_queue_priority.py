@@ -18,11 +18,14 @@ from controlplane.common.db import db_now
 from controlplane.tenants.models import Plan, Tenant
 from reconcilers.controllers import queue_priority as qp_module
 from reconcilers.controllers.queue_priority import QueuePriorityParams
+from reconcilers.models import ReconcilerConfig
 from reconcilers.registry import controller_get
 from reconcilers.runtime.context import reconcile_in_context
 from reconcilers.runtime.contract import LockLostError
 from reconcilers.runtime.fencing import fence_grant
-from reconcilers.services import config_warnings
+from reconcilers.selectors import configs_effective
+from reconcilers.services import ConfigValidationError, config_update
+from reconcilers.services import run_controller as run_controller_by_name
 from tests.controllers.conftest import RunController, count_queries, run_context, table_snapshot
 
 NAME = "queue-priority"
@@ -228,14 +231,34 @@ def test_params_defaults_and_errors_name_the_field() -> None:
 
 
 @pytest.mark.django_db
-def test_fairness_warning_when_bound_reaches_max_queue_minutes() -> None:
-    """The advice spans two controllers: it is given whichever side of the inequality changes."""
-    defaults = QueuePriorityParams().model_dump(mode="json")
-    assert config_warnings(NAME, defaults) == []  # (75 + 10) / 2 = 42.5 minutes < 60
-    slow_aging = {**defaults, "age_bonus_per_minute": 1}  # 85 minutes
-    assert "max_queue_minutes" in config_warnings(NAME, slow_aging)[0]
-    assert config_warnings("job-recovery", {"max_queue_minutes": 60}) == []
-    assert "fairness bound is 42.5 minutes" in config_warnings("job-recovery", {"max_queue_minutes": 42})[0]
+def test_a_save_that_breaks_the_fairness_bound_is_refused_from_either_side() -> None:
+    """The rule spans two controllers: a save of either side that breaks it is refused, naming
+    the field, and nothing is saved; the defaults keep it ((75 + 10) / 2 = 42.5 < 60)."""
+    before = ReconcilerConfig.objects.values("controller", "params", "version").order_by("controller")
+    before = list(before)
+    with pytest.raises(ConfigValidationError, match="max_queue_minutes") as slow:
+        config_update(NAME, {"params": {"age_bonus_per_minute": 1}}, actor="user:test")  # 85 minutes
+    assert slow.value.field == "params.age_bonus_per_minute"
+    with pytest.raises(ConfigValidationError, match=r"fairness bound is 42\.5 minutes") as short:
+        config_update("job-recovery", {"params": {"max_queue_minutes": 42}}, actor="user:test")
+    assert short.value.field == "params.max_queue_minutes"
+    after = list(ReconcilerConfig.objects.values("controller", "params", "version").order_by("controller"))
+    assert after == before
+    config_update("job-recovery", {"params": {"max_queue_minutes": 43}}, actor="user:test")  # 42.5 < 43
+
+
+@pytest.mark.django_db
+def test_rows_that_already_break_the_fairness_bound_keep_running_and_are_flagged(
+    run_controller: RunController,
+) -> None:
+    ReconcilerConfig.objects.filter(controller=NAME).update(params={"age_bonus_per_minute": 1})  # by hand
+    configs = configs_effective()
+    for name in (NAME, "job-recovery"):
+        assert configs[name].valid
+        assert "fairness bound is 85 minutes" in configs[name].conflicts[0]
+    assert configs_effective([NAME])[NAME].conflicts == configs[NAME].conflicts  # alone, too
+    summary = run_controller_by_name(NAME, force=True, trigger="test")
+    assert summary.outcome == "success", summary.error_text
 
 
 def _claim_next_platform_job(agent: Agent) -> int | None:

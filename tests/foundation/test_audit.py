@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from controlplane.audit.models import AuditLog, AuditLogImmutableError
-from controlplane.audit.services import REDACTED, audit_record, redact_secrets
+from controlplane.audit.redaction import REDACTED, redact_secrets
+from controlplane.audit.services import audit_record
 
 
 def test_redaction_at_any_depth_keeps_everything_else() -> None:

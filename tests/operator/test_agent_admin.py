@@ -72,7 +72,7 @@ def test_revoke_requeues_held_jobs_keeping_target(
         assert (untouched.status, untouched.version) == (status, 1)
     audit = AuditLog.objects.get(action="agent.revoked")
     assert (audit.actor, audit.resource_id) == ("user:oncall", str(agent.pk))
-    assert sorted(audit.details["requeued_commands"]) == sorted([acknowledged.pk, running.pk])
+    assert sorted(audit.details["released_commands"]) == sorted([acknowledged.pk, running.pk])
 
 
 def test_force_offline_sets_offline_on_db_clock(

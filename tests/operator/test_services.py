@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -141,3 +142,38 @@ def test_update_rejects_controller_fields(make_agent: Callable[..., Agent]) -> N
         agent_update(agent.pk, changes={"health": "offline"}, expected_version=1, actor=ACTOR)
     agent.refresh_from_db()
     assert agent.version == 1
+
+
+def test_revoke_requeues_with_a_fresh_priority_and_fails_exhausted_commands(
+    make_agent: Callable[..., Agent], make_command: Callable[..., Command], make_tenant: Any
+) -> None:
+    """A revoke hands the held commands back as job-recovery would: with claims left, requeued
+    at the formula's wait-0 priority; at max_retries, failed instead of a claim more."""
+    agent = make_agent()
+    tenant = make_tenant(plan=Plan.BUSINESS)
+    now = db_now()
+    held = make_command(
+        tenant=tenant,
+        agent=agent,
+        status=CommandStatus.RUNNING,
+        dispatch_attempts=1,
+        acknowledged_at=now,
+        queued_at=now - timedelta(minutes=50),
+        queue_priority=75 + 100,
+    )
+    exhausted = make_command(
+        tenant=tenant,
+        agent=agent,
+        status=CommandStatus.ACKNOWLEDGED,
+        dispatch_attempts=3,
+        acknowledged_at=now,
+    )
+    assert agent_revoke(agent.pk, expected_version=None, actor=ACTOR) is True
+    held.refresh_from_db()
+    exhausted.refresh_from_db()
+    assert (held.status, held.status_reason, held.agent_id) == ("pending", "holder_revoked", None)
+    assert held.queue_priority == 75 + max(0, 10 - 1)
+    assert (exhausted.status, exhausted.status_reason) == ("failed", "retries_exhausted")
+    assert "exceeded maximum retry attempts (3)" in exhausted.error_message
+    audit = AuditLog.objects.get(action="agent.revoked")
+    assert sorted(audit.details["released_commands"]) == sorted([held.pk, exhausted.pk])

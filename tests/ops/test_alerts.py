@@ -25,6 +25,8 @@ REQUIRED_ALERTS = {
     "ControllerLockLost",
     "ControllerBrakeEngaged",
     "ControllerDryRunLeftOn",
+    "ControllerConfigInvalid",
+    "ControllerRunAbandoned",
 }
 
 

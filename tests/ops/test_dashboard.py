@@ -15,7 +15,7 @@ from django.urls import reverse
 
 from controlplane.common.db import db_now
 from reconcilers.dashboard import items_chart_svg
-from reconcilers.models import GlobalPause, ReconcilerState, ReconcileRun, RunOutcome
+from reconcilers.models import GlobalPause, ReconcilerConfig, ReconcilerState, ReconcileRun, RunOutcome
 
 pytestmark = pytest.mark.django_db
 
@@ -173,3 +173,14 @@ def test_chart_escapes_and_scales(db: Any) -> None:
     ys = [float(y) for y in re.findall(r'cy="([0-9.]+)"', svg)]
     assert ys[0] < ys[1]  # 10 items sits above 0 items
     assert "no runs yet" in str(items_chart_svg("x", []))
+
+
+def test_dry_run_now_behaves_like_the_admin_action_past_pause_and_disabled(
+    admin_client: Client, controller_names: list[str], redis_client: Any
+) -> None:
+    name = controller_names[-1]
+    GlobalPause.objects.update_or_create(pk=1, defaults={"paused": True})
+    ReconcilerConfig.objects.filter(controller=name).update(enabled=False)
+    admin_client.post(reverse("reconcilers-dashboard-dry-run", args=[name]))
+    run = ReconcileRun.objects.get(controller=name)
+    assert (run.outcome, run.dry_run, run.forced) == (RunOutcome.SUCCESS, True, True), run.error

@@ -139,7 +139,7 @@ def test_sigterm_while_a_beat_query_waits_on_a_lock_neither_deadlocks_nor_logs_a
 ) -> None:
     env = StressEnv(log_dir=tmp_path, redis_port=REDIS_PORT)
     with override_settings(AGENT_HEARTBEAT_INTERVAL_SECONDS=1):
-        configure({"queue-priority": {"interval_seconds": 1}})
+        configure({"queue-priority": {"interval_seconds": 1, "run_timeout_seconds": 1}})
     redis_server = RedisServer(env.redis_port, tmp_path)
     procs = ProcessSet(tmp_path, env.subprocess_env())
     locker = psycopg.connect(db.database_url("beat-stop-test-locker"))

@@ -127,7 +127,7 @@ def test_manager_registers_and_rejects_duplicates() -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_manager_runs_each_controller_at_its_interval_and_stops_cleanly() -> None:
-    config_update(Sleeper.name, {"interval_seconds": 1}, actor="user:test")
+    config_update(Sleeper.name, {"interval_seconds": 1, "run_timeout_seconds": 1}, actor="user:test")
     manager = Manager(jitter_fraction=0.05)
     for name in (Sleeper.name, "test-raiser"):
         manager.register(controller_get(name))

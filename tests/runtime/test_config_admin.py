@@ -59,7 +59,7 @@ def task_for(name: str) -> PeriodicTask:
 def test_seeded_rows_match_the_controller_defaults() -> None:
     row = ReconcilerConfig.objects.get(controller=Sleeper.name)
     assert (row.enabled, row.interval_seconds, row.dry_run, row.run_timeout_seconds) == (True, 60, False, 60)
-    assert row.params == {"hold_seconds": 0.0, "threshold": 5}
+    assert row.params == {}  # every parameter takes its default from code until an operator sets it
     task = task_for(Sleeper.name)
     assert task.task == "reconcilers.test_sleeper"
     assert task.interval.every == 60
@@ -103,7 +103,7 @@ def test_config_update_audits_and_moves_only_its_own_schedule() -> None:
         Sleeper.name, {"interval_seconds": 300, "params": {"threshold": 7}}, actor="user:alice"
     )
     assert row.version == before_version + 1
-    assert row.params == {"hold_seconds": 0.0, "threshold": 7}
+    assert row.params == {"threshold": 7}  # only what an operator set
     task = task_for(Sleeper.name)
     assert task.interval.every == 300
     assert task.expire_seconds == 300
@@ -148,7 +148,8 @@ def test_admin_interval_change_reaches_a_running_beat_scheduler(staff: Client) -
     assert entry.task == task_name(Sleeper.name)
     time.sleep(0.01)
 
-    response = staff.post(change_url(Sleeper.name), form_data(Sleeper.name, interval_seconds=17))
+    data = form_data(Sleeper.name, interval_seconds=17, run_timeout_seconds=17)
+    response = staff.post(change_url(Sleeper.name), data)
     assert response.status_code == 302, response.content.decode()[:2000]
     assert task_for(Sleeper.name).interval.every == 17
 

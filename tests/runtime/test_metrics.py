@@ -57,11 +57,13 @@ def test_every_series_is_present_at_zero_from_start() -> None:
         "lock_lost_total",
         "dry_run_pending_items",
         "brake_engaged",
-        "enabled",
-        "dry_run",
-        "interval_seconds",
     ):
         assert REGISTRY.get_sample_value(PREFIX + name, label) == 0, name
+    # The config gauges are the database's values, read at scrape time.
+    assert REGISTRY.get_sample_value(PREFIX + "enabled", label) == 1
+    assert REGISTRY.get_sample_value(PREFIX + "dry_run", label) == 0
+    assert REGISTRY.get_sample_value(PREFIX + "interval_seconds", label) == 60
+    assert REGISTRY.get_sample_value(PREFIX + "config_invalid", label) == 0
     for bucket in DURATION_BUCKETS_SECONDS:
         value = REGISTRY.get_sample_value(
             PREFIX + "reconcile_duration_seconds_bucket", {**label, "le": str(float(bucket))}
@@ -90,7 +92,9 @@ def test_time_limits_come_from_the_config_per_message() -> None:
     config_update(Sleeper.name, {"run_timeout_seconds": 42}, actor="user:test")
     headers: dict[str, Any] = {"timelimit": (None, None)}
     on_before_task_publish(sender="reconcilers.test_sleeper", headers=headers)
-    assert headers["timelimit"] == (42 + HARD_TIME_LIMIT_MARGIN_SECONDS, 42)
+    # Soft: run timeout + lock TTL (a batch is bounded by the TTL); hard: 30 s later.
+    ttl = settings.RECONCILERS_LOCK_TTL_SECONDS
+    assert headers["timelimit"] == (42 + ttl + HARD_TIME_LIMIT_MARGIN_SECONDS, 42 + ttl)
     chosen: dict[str, Any] = {"timelimit": (9, 5)}
     on_before_task_publish(sender="reconcilers.test_sleeper", headers=chosen)
     assert chosen["timelimit"] == (9, 5)

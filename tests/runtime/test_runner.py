@@ -137,9 +137,14 @@ def test_expired_holder_cannot_commit_after_a_newer_holder_wrote(settings: Any, 
     assert Gated.entered.wait(timeout=10)
     time.sleep(0.8)  # past the TTL: the lock expires while the holder is paused
 
+    stale_row = ReconcileRun.objects.get(controller=Gated.name, outcome="running")  # visible while it runs
     newer = run_controller(Gated.name, force=True, trigger="test")  # force: the paused run holds the anchor
     assert newer.outcome == "success"
     assert writes(Gated.name) == 1
+    # The newer grant found the paused run still marked running: abandoned, for now.
+    stale_row.refresh_from_db()
+    assert (stale_row.outcome, stale_row.reason) == ("error", "abandoned")
+    assert metric("runs_abandoned_total", controller=Gated.name) >= 1
     Gated.gate.set()  # the paused holder resumes and tries to commit its write
     paused.join(timeout=30)
     old = out[0]
@@ -148,7 +153,10 @@ def test_expired_holder_cannot_commit_after_a_newer_holder_wrote(settings: Any, 
     assert newer.fence is not None
     assert old.fence < newer.fence
     assert writes(Gated.name) == 1  # the paused holder's insert rolled back
-    assert "LockLostError" in ReconcileRun.objects.get(pk=old.run_id).error
+    assert old.run_id == stale_row.pk  # its own end replaces "abandoned": it knows better
+    stale_row.refresh_from_db()
+    assert (stale_row.outcome, stale_row.reason) == ("error", "lock_lost")
+    assert "LockLostError" in stale_row.error
     assert metric("lock_lost_total", controller=Gated.name) >= 1
 
 

@@ -98,6 +98,38 @@ PARAM_RANGES: dict[str, dict[str, tuple[str, float, float]]] = {
     },
 }
 TOP_RANGES = {"interval_seconds": (1, 604800), "run_timeout_seconds": (1, 86400)}
+# design.md §6: the defaults the fairness rule is computed with when a key is not set.
+FAIRNESS_DEFAULTS = {
+    "plan_base": {"enterprise": 100, "business": 75, "team": 50, "free": 25},
+    "age_bonus_per_minute": 2,
+    "depth_bonus_max": 10,
+    "max_queue_minutes": 60,
+}
+
+
+def _cross_field_verdict(name: str, changes: dict[str, Any], verdict: str) -> str:
+    """The rules that span fields (design.md §4.2, §5.3), judged against the row as it is now:
+    a run timeout within the interval, and queue-priority's fairness bound below job-recovery's
+    max_queue_minutes. Only a value valid on its own can break them."""
+    if verdict != "valid":
+        return verdict
+    row = ReconcilerConfig.objects.get(controller=name)
+    if "interval_seconds" in changes and changes["interval_seconds"] < row.run_timeout_seconds:
+        return "invalid"
+    if "run_timeout_seconds" in changes and changes["run_timeout_seconds"] > row.interval_seconds:
+        return "invalid"
+    if name in ("queue-priority", "job-recovery") and "params" in changes:
+        stored = {
+            other: ReconcilerConfig.objects.get(controller=other).params
+            for other in ("queue-priority", "job-recovery")
+        }
+        stored[name] = {**stored[name], **changes["params"]}
+        effective = {**FAIRNESS_DEFAULTS, **stored["queue-priority"], **stored["job-recovery"]}
+        bases = effective["plan_base"].values()
+        bound = (max(bases) - min(bases) + effective["depth_bonus_max"]) / effective["age_bonus_per_minute"]
+        if bound >= effective["max_queue_minutes"]:
+            return "invalid"
+    return verdict
 
 
 def _param_range(controller: str, key: str) -> tuple[str, float, float]:
@@ -210,7 +242,8 @@ def test_config_update_rejects_every_bad_value_and_saves_nothing(
     case: tuple[str, dict[str, Any], str, str],
 ) -> None:
     name, changes, field, verdict = case
-    schedule_sync([name])
+    schedule_sync([name, "queue-priority", "job-recovery"])
+    verdict = _cross_field_verdict(name, changes, verdict)
     before = _state(name)
     error: ConfigValidationError | None = None
     try:
