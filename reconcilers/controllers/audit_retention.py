@@ -15,17 +15,21 @@ counted in `items`. Dry runs write no file and delete nothing (the runtime rolls
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, ClassVar
 
 from django.db.models import Count, Max, Min, QuerySet
 from pydantic import Field, field_validator
 
+from controlplane.audit.archive import (
+    ArchiveUnavailableError,
+    ArchiveWriter,
+    archive_file_name,
+    archive_payload,
+    archive_writer,
+)
 from controlplane.audit.models import AuditLog, AuditLogQuerySet
 from controlplane.audit.redaction import redact_secrets
 from controlplane.audit.services import audit_record
@@ -69,40 +73,12 @@ class Span:
     last_batch: bool
 
 
-def archive_file_name(first_id: int, last_id: int) -> str:
-    return f"audit-{first_id:012d}-{last_id:012d}.jsonl.gz"
-
-
 def _archived(row: AuditLog) -> dict[str, Any]:
     """A row as the archive keeps it. Its details pass the redaction again: rows written before
     a redaction rule existed are not rewritten in the table, but their archive holds no secret."""
     archived = {name: getattr(row, name) for name in ARCHIVE_FIELDS}
     archived["details"] = redact_secrets(archived["details"])
     return archived
-
-
-def archive_write(folder: Path, rows: list[dict[str, Any]]) -> str:
-    """Write rows to `audit-<first>-<last>.jsonl.gz` atomically and durably; return the name.
-
-    Temporary name, fsync, rename, fsync of the folder: after this returns the file is
-    complete on disk under its final name or (after a crash) not there at all.
-    """
-    name = archive_file_name(rows[0]["id"], rows[-1]["id"])
-    temporary = folder / f".{name}.tmp"
-    with open(temporary, "wb") as raw:
-        with gzip.GzipFile(filename=name, mode="wb", fileobj=raw) as compressed:
-            for row in rows:
-                line = json.dumps({**row, "created_at": row["created_at"].isoformat()}, sort_keys=True)
-                compressed.write(line.encode() + b"\n")
-        raw.flush()
-        os.fsync(raw.fileno())
-    os.replace(temporary, folder / name)
-    folder_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(folder_fd)
-    finally:
-        os.close(folder_fd)
-    return name
 
 
 class AuditRetentionController(Controller):
@@ -117,7 +93,10 @@ class AuditRetentionController(Controller):
             # The schema rejects this; a hand-edited row or a caller bypassing it must not
             # turn into "delete everything".
             raise RetentionRefusedError(f"retention_days={params.retention_days} refused: must be >= 1")
-        archive = self._archive_folder(params.archive_dir)
+        try:
+            archive = archive_writer(params.archive_dir) if params.archive_dir else None
+        except ArchiveUnavailableError as exc:
+            raise RetentionRefusedError(f"{exc}: nothing deleted") from exc
         cutoff = ctx.now - timedelta(days=params.retention_days)
 
         old_logs = AuditLog.objects.filter(created_at__lt=cutoff)
@@ -156,7 +135,9 @@ class AuditRetentionController(Controller):
         return self.result(deleted=deleted)
 
     @staticmethod
-    def _purge(old_logs: AuditLogQuerySet, span: Span, archive: Path | None) -> tuple[int, str | None]:
+    def _purge(
+        old_logs: AuditLogQuerySet, span: Span, archive: ArchiveWriter | None
+    ) -> tuple[int, str | None]:
         """Delete the old rows of one id range; with an archive folder, write exactly the rows
         the DELETE returned before the transaction commits (a failed write rolls it back).
         A range a newer lock holder already emptied deletes nothing and writes no file."""
@@ -165,7 +146,8 @@ class AuditRetentionController(Controller):
         rows = old_logs.retention_delete_id_range_rows(span.first, span.last)
         if not rows:
             return 0, None
-        return len(rows), archive_write(archive, [_archived(row) for row in rows])
+        name = archive_file_name(rows[0].pk, rows[-1].pk)
+        return len(rows), archive.write(name, archive_payload(_archived(row) for row in rows))
 
     @staticmethod
     def _next_span(old_logs: QuerySet[AuditLog], position: int, size: int) -> Span | None:
@@ -176,17 +158,6 @@ class AuditRetentionController(Controller):
         if not bounds["count"]:
             return None
         return Span(first=bounds["first"], last=bounds["last"], last_batch=bounds["count"] < size)
-
-    @staticmethod
-    def _archive_folder(archive_dir: str | None) -> Path | None:
-        if not archive_dir:
-            return None
-        folder = Path(archive_dir)
-        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-            raise RetentionRefusedError(
-                f"archive_dir {archive_dir!r} is not a writable folder: nothing deleted"
-            )
-        return folder
 
     def config_warnings(self, params: ControllerParams) -> list[str]:
         assert isinstance(params, AuditRetentionParams)

@@ -11,15 +11,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from controlplane.audit.archive import archive_file_name
 from controlplane.audit.models import AuditLog
 from controlplane.audit.services import audit_record
 from controlplane.common.db import db_now
-from reconcilers.controllers.audit_retention import (
-    PURGE_ACTION,
-    AuditRetentionParams,
-    RetentionRefusedError,
-    archive_file_name,
-)
+from reconcilers.controllers.audit_retention import PURGE_ACTION, AuditRetentionParams, RetentionRefusedError
 from reconcilers.registry import controller_get
 from reconcilers.runtime.context import reconcile_in_context
 from reconcilers.runtime.contract import LockLostError
