@@ -73,7 +73,6 @@ def run(
     try:
         return one.execute()
     except Exception as exc:  # the database failed outside the reconcile itself
-        log.exception("%s: run failed outside the controller", controller.name)
         return one.fail_outside(exc, traceback.format_exc())
 
 
@@ -306,9 +305,11 @@ class _Run:
         dry_run = bool(self.requested_dry_run)
         try:
             connection_recover()
+            # Recorded with its traceback on the run row: the log line stays one line.
             return self.fail(exc, error_text, dry_run)
         except Exception:
-            log.exception("%s: could not record the failed run", self.name)
+            log.error("%s: run failed outside the controller: %s", self.name, error_text.rstrip())
+            log.exception("%s: and its end could not be recorded", self.name)
         duration = time.monotonic() - self.started
         self.sink.increment_reconcile_errors(self.name)
         self.sink.record_reconcile(self.name, 0, duration, exc)
