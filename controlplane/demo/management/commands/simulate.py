@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import threading
 import time
 from collections import Counter
@@ -24,7 +25,6 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections, connection
 from django.db.models import Count, Q
@@ -38,6 +38,11 @@ from controlplane.common.db import db_now
 from controlplane.tenants.models import Plan, Tenant
 from controlplane.tokens.services import token_issue
 
+try:
+    import httpx
+except ImportError:  # the demo extra is not installed: handle() says how to get it (exit 2)
+    httpx = None  # type: ignore[assignment]
+
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 HTTP_TIMEOUT_SECONDS = 10.0
 KEEPALIVE_EXPIRY_SECONDS = 1.0
@@ -47,6 +52,7 @@ PRODUCER_TICK_SECONDS = 0.2
 REGISTER_RETRIES = 5
 DRAIN_GRACE_SECONDS = 15.0  # how long stopping agents may take to finish the job in hand
 REQUEUE_REASONS = (StatusReason.STUCK, StatusReason.HOLDER_OFFLINE, StatusReason.NOT_PICKED_UP)
+MISSING_DEMO_EXTRA = "simulate needs httpx, from the demo extra: pip install 'controlplane[demo]'"
 
 
 def _usage_error(message: str) -> CommandError:
@@ -289,7 +295,16 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=None, help="Random seed for a repeatable fleet.")
         parser.add_argument("--json", action="store_true", help="Print the summary as one JSON object.")
 
+    def run_from_argv(self, argv: list[str]) -> None:
+        # Before the arguments are parsed, so a bare `manage.py simulate` names what is missing too.
+        if httpx is None:
+            self.stderr.write(f"CommandError: {MISSING_DEMO_EXTRA}")
+            sys.exit(2)
+        super().run_from_argv(argv)
+
     def handle(self, *args: Any, **options: Any) -> None:
+        if httpx is None:
+            raise _usage_error(MISSING_DEMO_EXTRA)
         plan = self._plan(options)
         started = db_now()
         rng = random.Random(plan.seed)
