@@ -1,6 +1,9 @@
 # controlplane: `make help` lists the targets.
 SHELL := /bin/bash
+# `make test` runs on PYTHON, the default platform; `make test-matrix` runs each MATRIX entry
+# (python:locked set:Django series) in a venv of its own. pyproject.toml declares the same.
 PYTHON ?= python3.11
+MATRIX := 3.12:django52:5.2 3.13:django60:6.0
 VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
@@ -9,26 +12,53 @@ TEST_PG_URL ?= postgres://postgres@127.0.0.1:5432/controlplane
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run demo test test-postgres test-sqlite lint format typecheck migrations-check check bench stress clean
+.PHONY: help install lock lock-check run demo test test-postgres test-sqlite test-matrix lint format typecheck \
+	migrations-check check bench stress clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-$(BIN)/django-admin: pyproject.toml
+# The locked sets (uv.lock, exported with hashes by `make lock`): `runtime` is what the image
+# installs; `django52` (the default, with the dev and demo extras) is what .venv gets.
+LOCKED_SETS := runtime django52 django60
+EXPORT_runtime := --no-default-groups --group django52
+EXPORT_django52 := --no-default-groups --group django52 --extra dev --extra demo
+EXPORT_django60 := --no-default-groups --group django60 --extra dev --extra demo
+UV := $(BIN)/uv
+UV_EXPORT := $(UV) export --frozen --no-emit-project --format requirements-txt --quiet
+LOCK_ARGS ?=
+
+$(BIN)/django-admin: pyproject.toml requirements/django52.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found (set PYTHON=...)"; exit 1; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	@# The locked set first, every file checked against its hash; then the project itself,
+	@# editable and without dependencies (hash-checking mode refuses an editable install).
+	$(BIN)/pip install --quiet --require-hashes -r requirements/django52.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-install: $(BIN)/django-admin ## create .venv and install the project with its dev tools
+install: $(BIN)/django-admin ## create .venv and install the locked set (runtime, dev and demo) and the project
+
+lock: install ## after changing pyproject's dependencies: re-resolve uv.lock, re-export requirements/*.txt (LOCK_ARGS="--upgrade-package NAME" moves one)
+	$(UV) lock $(LOCK_ARGS)
+	$(foreach set,$(LOCKED_SETS),$(UV_EXPORT) $(EXPORT_$(set)) > requirements/$(set).txt &&) true
+	@$(MAKE) --no-print-directory install
+
+lock-check: install ## fail if uv.lock or an exported requirements/*.txt is out of date with pyproject.toml
+	@# Offline: an unchanged pyproject is checked against the lock alone; a changed one cannot
+	@# resolve without the registry, and fails either way.
+	@$(UV) lock --check --offline --quiet || { echo "uv.lock is out of date with pyproject.toml: run make lock"; exit 1; }
+	@$(foreach set,$(LOCKED_SETS),$(UV_EXPORT) $(EXPORT_$(set)) | diff -q requirements/$(set).txt - >/dev/null \
+		|| { echo "requirements/$(set).txt is out of date with uv.lock: run make lock"; exit 1; };)
+	@echo "uv.lock and requirements/*.txt match pyproject.toml"
 
 run: demo ## the README's run command: the whole system on the embedded defaults (see demo)
 
 demo: install ## SQLite + embedded Redis, admin, worker, beat, Flower, simulator; prints URLs and login; Ctrl-C stops all
 	VENV=$(VENV) bash scripts/demo.sh
 
-test: install lint typecheck migrations-check test-postgres test-sqlite ## everything CI checks: lint, types, migrations, suite on PostgreSQL then SQLite
+test: install lint typecheck migrations-check lock-check test-postgres test-sqlite ## everything CI checks: lint, types, migrations, lock, suite on PostgreSQL then SQLite
 
 test-postgres: install ## the suite on PostgreSQL
 	@echo "=== test suite on PostgreSQL ($(TEST_PG_URL)) ==="
@@ -36,7 +66,14 @@ test-postgres: install ## the suite on PostgreSQL
 
 test-sqlite: install ## the suite on SQLite (the embedded default)
 	@echo "=== test suite on SQLite ==="
-	DEBUG=1 DATABASE_URL=sqlite:///$(CURDIR)/var/controlplane-test-host.sqlite3 $(BIN)/pytest $(PYTEST_ARGS)
+	DEBUG=1 DATABASE_URL=sqlite:///$(CURDIR)/var/controlplane-test-host.sqlite3 $(BIN)/pytest -m "not packaging" $(PYTEST_ARGS)
+
+test-matrix: ## the suite on SQLite for each MATRIX entry (3.12 + Django 5.2, 3.13 + Django 6.0), each from its locked set; no bench, stress, browser or packaging tests
+	@failed=""; for entry in $(MATRIX); do \
+		IFS=: read -r python set series <<< "$$entry"; \
+		bash scripts/test-matrix.sh "$$python" "$$set" "$$series" $(PYTEST_ARGS) || failed="$$failed $$entry"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-matrix: failed on$$failed"; exit 1; fi; echo "test-matrix: passed on $(MATRIX)"
 
 lint: install ## ruff lint and format check, and the import layering of docs/design.md §2
 	$(BIN)/ruff check .
@@ -70,4 +107,4 @@ stress: install ## fault and load suite at full length (PostgreSQL, redis-server
 	DEBUG=1 DATABASE_URL=$(STRESS_PG_URL) STRESS_EXAMPLES=$${STRESS_EXAMPLES:-500} $(BIN)/pytest -q -p no:cacheprovider tests/stress/test_bad_input.py tests/stress/test_checks.py
 
 clean: ## remove the venv and local state
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-py* var .mypy_cache .ruff_cache .pytest_cache

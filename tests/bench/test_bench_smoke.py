@@ -13,7 +13,12 @@ import pytest
 from bench.run import CONTROLLERS, NOTES_MARKER
 from tests.runtime.conftest import REPO_ROOT, subprocess_env
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres_only, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.bench,
+    pytest.mark.slow,
+    pytest.mark.postgres_only,
+    pytest.mark.django_db(transaction=True),
+]
 
 
 def test_bench_runs_end_to_end_at_a_smoke_size(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ from bench.generate import TABLES_FOR, Sizes, bench_configure, generate
 from controlplane.common.db import db_now
 from reconcilers.services import run_controller
 
+pytestmark = pytest.mark.bench
+
 TINY = Sizes(agents=2000, commands=2000, pending_platform_jobs=400, tokens=400, audit_logs=1000)
 
 

@@ -23,6 +23,7 @@ CONTROLLER = "agent-health"
 NEW_INTERVAL_SECONDS = 45
 
 pytestmark = [
+    pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.skipif(
         not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),

@@ -36,6 +36,8 @@ from reconcilers.models import ReconcilerConfig, ReconcilerState, ReconcileRun
 from reconcilers.schedule import periodic_task_name, schedule_sync
 from reconcilers.services import ConfigValidationError, config_update
 
+pytestmark = pytest.mark.stress
+
 EXAMPLES = int(os.environ.get("STRESS_EXAMPLES", "60"))  # `make stress` raises it
 PROPERTY = hsettings(
     max_examples=EXAMPLES,

@@ -17,6 +17,8 @@ from controlplane.agents.models import Agent
 from reconcilers.models import ReconcilerState
 from stress import checks, db
 
+pytestmark = pytest.mark.stress
+
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 RUNS = st.lists(

@@ -15,7 +15,12 @@ from stress import exactly_once, heartbeat_race, kill, outage
 from stress.base import StressEnv
 from tests.stress.conftest import assert_held
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres_only, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.stress,
+    pytest.mark.slow,
+    pytest.mark.postgres_only,
+    pytest.mark.django_db(transaction=True),
+]
 
 
 def test_exactly_once_across_four_worker_processes_and_two_beats(stress_env: StressEnv) -> None:
