@@ -12,6 +12,13 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from environs import Env, EnvError
 
+from controlplane.common.redis import (
+    broker_transport_options,
+    broker_use_ssl,
+    is_sentinel_url,
+    redis_url_problem,
+)
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"  # local state of the embedded default (ignored by git)
 
@@ -72,11 +79,64 @@ DATABASES = {"default": _database}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- redis and celery ---------------------------------------------------------------------
-# REDIS_URL unset means "no Redis configured": the demo starts an embedded one and sets it.
+# One setting set for every Redis client (locks, /readyz, the Django cache) and the broker
+# (design.md §10.2). REDIS_URL unset means "no Redis configured": the demo starts an
+# embedded one and sets it.
 REDIS_URL: str = _read("REDIS_URL", env.str, "redis://127.0.0.1:6379/0")
-if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
-    raise ImproperlyConfigured("REDIS_URL is malformed: expected redis://, rediss:// or unix://")
+_problem = redis_url_problem(REDIS_URL)
+if _problem:
+    raise ImproperlyConfigured(f"REDIS_URL is malformed: {_problem}")
+REDIS_SENTINEL_MASTER: str = _read("REDIS_SENTINEL_MASTER", env.str, "")
+if not REDIS_SENTINEL_MASTER.isprintable() or any(c.isspace() for c in REDIS_SENTINEL_MASTER):
+    raise ImproperlyConfigured("REDIS_SENTINEL_MASTER is malformed: a master name has no spaces")
+REDIS_SENTINEL_PASSWORD: str = _read("REDIS_SENTINEL_PASSWORD", env.str, "")
+REDIS_SENTINEL_TLS: bool = _read("REDIS_SENTINEL_TLS", env.bool, False)
+REDIS_TLS_CA_FILE: str = _read("REDIS_TLS_CA_FILE", env.str, "")
+if REDIS_TLS_CA_FILE and not Path(REDIS_TLS_CA_FILE).is_file():
+    raise ImproperlyConfigured(f"REDIS_TLS_CA_FILE is malformed: no such file {REDIS_TLS_CA_FILE!r}")
+
 CELERY_BROKER_URL: str = _read("CELERY_BROKER_URL", env.str, REDIS_URL)
+if is_sentinel_url(CELERY_BROKER_URL):
+    _problem = redis_url_problem(CELERY_BROKER_URL)
+    if _problem:
+        raise ImproperlyConfigured(f"CELERY_BROKER_URL is malformed: {_problem}")
+# kombu's transport options as a JSON object, applied over the ones derived above
+# (e.g. {"visibility_timeout": 3600} for Redis, {"confirm_publish": true} for RabbitMQ).
+_broker_overrides: Any = _read("CELERY_BROKER_TRANSPORT_OPTIONS", env.json, {})
+if not isinstance(_broker_overrides, dict):
+    raise ImproperlyConfigured("CELERY_BROKER_TRANSPORT_OPTIONS is malformed: expected a JSON object")
+_sentinel_urls = [
+    n
+    for n, url in (("REDIS_URL", REDIS_URL), ("CELERY_BROKER_URL", CELERY_BROKER_URL))
+    if is_sentinel_url(url)
+]
+if not REDIS_SENTINEL_MASTER:
+    if "REDIS_URL" in _sentinel_urls or (
+        "CELERY_BROKER_URL" in _sentinel_urls and "master_name" not in _broker_overrides
+    ):
+        raise ImproperlyConfigured(
+            f"REDIS_SENTINEL_MASTER is required when {_sentinel_urls[0]} is a sentinel:// address "
+            "(the name in the sentinels' `sentinel monitor <name> ...`)"
+        )
+elif not _sentinel_urls:
+    raise ImproperlyConfigured(
+        "REDIS_SENTINEL_MASTER is set but neither REDIS_URL nor CELERY_BROKER_URL is a sentinel:// address"
+    )
+if REDIS_SENTINEL_TLS and not _sentinel_urls:
+    raise ImproperlyConfigured(
+        "REDIS_SENTINEL_TLS is set but neither REDIS_URL nor CELERY_BROKER_URL is a sentinel:// address"
+    )
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = broker_transport_options(
+    CELERY_BROKER_URL,
+    sentinel_master=REDIS_SENTINEL_MASTER,
+    sentinel_password=REDIS_SENTINEL_PASSWORD,
+    sentinel_tls=REDIS_SENTINEL_TLS,
+    tls_ca_file=REDIS_TLS_CA_FILE,
+    overrides=_broker_overrides,
+)
+CELERY_BROKER_USE_SSL: dict[str, Any] | bool = broker_use_ssl(
+    CELERY_BROKER_URL, sentinel_tls=REDIS_SENTINEL_TLS, tls_ca_file=REDIS_TLS_CA_FILE
+)
 CELERY_RESULT_BACKEND: str | None = None
 CELERY_TIMEZONE = "UTC"
 CELERY_ENABLE_UTC = True
@@ -86,6 +146,20 @@ CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ACKS_LATE = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Celery 6's default, set now: it only cancels acks_late tasks when the broker connection is
+# lost (none here), and silences the warning every broker failover would otherwise log.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+
+# The Django cache `default` is this Redis, through the same client factory (so Sentinel and
+# TLS apply), with short timeouts. Request throttles keep their counters here and must fail
+# open on a cache error (design.md §10.2). `clear()` deletes only keys under KEY_PREFIX.
+CACHES: dict[str, dict[str, Any]] = {
+    "default": {
+        "BACKEND": "controlplane.common.cache.RedisCache",
+        "KEY_PREFIX": "controlplane:cache",
+        "TIMEOUT": 300,  # seconds, when a caller gives none
+    }
+}
 
 # --- reconcilers ----------------------------------------------------------------------------
 RECONCILERS_PAUSED: bool = _read("RECONCILERS_PAUSED", env.bool, False)

@@ -4,7 +4,7 @@
 # simulated fleet against the web server for as long as the demo runs.
 set -euo pipefail
 base="http://127.0.0.1:${DEMO_WEB_PORT}"
-python scripts/demo_wait.py --url "$base/healthz" --redis "$REDIS_URL" --timeout 120
+python scripts/demo_wait.py --url "$base/healthz" --redis --timeout 120
 python manage.py shell -c "
 from reconcilers.registry import controller_names
 from reconcilers.tasks import reconcile_enqueue

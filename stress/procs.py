@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,3 +197,147 @@ class RedisServer:
                 self.popen.kill()
                 self.popen.wait(timeout=10)
         self.popen = None
+
+
+SENTINEL_QUORUM = 2
+SENTINEL_DOWN_AFTER_MS = 1000  # a dead master is noticed within a second
+SENTINEL_FAILOVER_TIMEOUT_MS = 5000
+SENTINEL_READY_SECONDS = 30.0
+
+
+class SentinelCluster:
+    """A real Sentinel topology on loopback: a master, one replica and three sentinels
+    (`redis-server --sentinel` with a config file each, since sentinels rewrite it), on
+    `ports[0]` (master), `ports[1]` (replica) and `ports[2:5]` (sentinels); no persistence.
+
+    `url(db)` is the kombu form every client takes with REDIS_SENTINEL_MASTER=`master_name`.
+    """
+
+    def __init__(self, ports: range | list[int], log_dir: Path, master_name: str = "cpmaster") -> None:
+        if len(ports) < 5:
+            raise ValueError("a Sentinel cluster needs 5 ports: master, replica, 3 sentinels")
+        self.data_ports = [ports[0], ports[1]]
+        self.sentinel_ports = [ports[2], ports[3], ports[4]]
+        self.log_dir = log_dir
+        self.master_name = master_name
+        self.popens: list[subprocess.Popen[bytes]] = []
+
+    def url(self, db: int = 0) -> str:
+        return ";".join(f"sentinel://127.0.0.1:{port}/{db}" for port in self.sentinel_ports)
+
+    def _spawn(self, label: str, argv: list[str]) -> None:
+        with open(self.log_dir / f"{label}.log", "ab") as log_file:
+            self.popens.append(
+                subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            for role, port in zip(("master", "replica"), self.data_ports, strict=True):
+                argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+                argv += ["--save", "", "--appendonly", "no", "--dir", str(self.log_dir)]
+                argv += ["--dbfilename", f"dump-{port}.rdb"]
+                if role == "replica":
+                    argv += ["--replicaof", "127.0.0.1", str(self.data_ports[0])]
+                self._spawn(f"redis-{role}-{port}", argv)
+            for port in self.sentinel_ports:
+                config = self.log_dir / f"sentinel-{port}.conf"
+                config.write_text(
+                    f"port {port}\nbind 127.0.0.1\ndir {self.log_dir}\n"
+                    f"sentinel monitor {self.master_name} 127.0.0.1 {self.data_ports[0]} {SENTINEL_QUORUM}\n"
+                    f"sentinel down-after-milliseconds {self.master_name} {SENTINEL_DOWN_AFTER_MS}\n"
+                    f"sentinel failover-timeout {self.master_name} {SENTINEL_FAILOVER_TIMEOUT_MS}\n"
+                    f"sentinel parallel-syncs {self.master_name} 1\n"
+                )
+                self._spawn(f"sentinel-{port}", ["redis-server", str(config), "--sentinel"])
+            if not self._wait(self._ready, SENTINEL_READY_SECONDS):
+                raise RuntimeError(f"the Sentinel cluster did not become ready (logs in {self.log_dir})")
+        except BaseException:
+            self.stop()
+            raise
+
+    def sentinel(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1, decode_responses=True)
+
+    def master_addresses(self) -> list[tuple[str, int] | None]:
+        """Each sentinel's answer to `SENTINEL GET-MASTER-ADDR-BY-NAME` (None: no answer)."""
+        answers: list[tuple[str, int] | None] = []
+        for port in self.sentinel_ports:
+            try:
+                reply = self.sentinel(port).execute_command(
+                    "SENTINEL GET-MASTER-ADDR-BY-NAME", self.master_name
+                )
+                host, master_port = reply
+                answers.append((str(host), int(master_port)))
+            except (redis.RedisError, TypeError, ValueError):
+                answers.append(None)
+        return answers
+
+    def role(self, port: int) -> str:
+        try:
+            return str(redis.Redis(port=port, socket_timeout=1).role()[0], "ascii")
+        except redis.RedisError:
+            return "down"
+
+    def _ready(self) -> bool:
+        """Every sentinel agrees on the master, knows the replica (linked) and both other
+        sentinels: only then can a failover elect a leader and promote the replica."""
+        master = ("127.0.0.1", self.data_ports[0])
+        if self.master_addresses() != [master] * len(self.sentinel_ports):
+            return False
+        try:
+            for port in self.sentinel_ports:
+                client = self.sentinel(port)
+                replicas = client.execute_command("SENTINEL SLAVES", self.master_name)
+                linked = [r for r in replicas if r["master-link-status"] == "ok"]
+                if [int(r["port"]) for r in linked] != [self.data_ports[1]]:
+                    return False
+                peers = client.execute_command("SENTINEL SENTINELS", self.master_name)
+                if len(peers) < len(self.sentinel_ports) - 1:
+                    return False
+        except redis.RedisError:
+            return False
+        return True
+
+    def failover(self) -> tuple[int, int]:
+        """`SENTINEL FAILOVER` on the first sentinel; returns (old master port, new master port)
+        once every sentinel reports the new master and it answers ROLE as master."""
+        old = self.master_addresses()[0]
+        assert old is not None
+        self.sentinel(self.sentinel_ports[0]).execute_command("SENTINEL", "FAILOVER", self.master_name)
+        new_port = next(p for p in self.data_ports if p != old[1])
+        expected = [("127.0.0.1", new_port)] * len(self.sentinel_ports)
+        switched = self._wait(
+            lambda: self.master_addresses() == expected and self.role(new_port) == "master", 30
+        )
+        if not switched:
+            raise RuntimeError(f"failover did not complete: sentinels say {self.master_addresses()}")
+        return old[1], new_port
+
+    @staticmethod
+    def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self) -> None:
+        for popen in reversed(self.popens):
+            if popen.poll() is None:
+                popen.terminate()
+        for popen in self.popens:
+            try:
+                popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait(timeout=10)
+        self.popens = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import Callable, Iterator
@@ -30,6 +31,15 @@ def pytest_configure(config: pytest.Config) -> None:
     base = settings.REDIS_URL.rsplit("/", 1)[0]
     settings.REDIS_URL = f"{base}/{TEST_REDIS_DB}"
     settings.RECONCILERS_LOCK_PREFIX = f"cptest:{os.getpid()}:lock:"
+    # The Django cache lives in the same Redis database: its own prefix per run, deleted at the end.
+    settings.CACHES = {"default": {**settings.CACHES["default"], "KEY_PREFIX": f"cptest:{os.getpid()}:cache"}}
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from django.core.cache import cache
+
+    with contextlib.suppress(redis.RedisError):
+        cache.clear()  # only this run's prefix (controlplane.common.cache.RedisCache.clear)
 
 
 @pytest.fixture

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,3 +64,119 @@ def test_check_deploy_is_clean_with_production_settings() -> None:
         ALLOWED_HOSTS="controlplane.example.com",
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+REDIS_VARIABLES = (
+    "REDIS_URL",
+    "REDIS_SENTINEL_MASTER",
+    "REDIS_SENTINEL_PASSWORD",
+    "REDIS_SENTINEL_TLS",
+    "REDIS_TLS_CA_FILE",
+    "CELERY_BROKER_URL",
+    "CELERY_BROKER_TRANSPORT_OPTIONS",
+)
+
+
+def _manage_redis(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """manage.py with only the given Redis/broker variables (none leaks from the outer run)."""
+    unset = {k: v for k, v in os.environ.items() if k not in REDIS_VARIABLES}
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={
+            **{k: v for k, v in unset.items() if k not in ("DATABASE_URL", "SECRET_KEY")},
+            "DEBUG": "1",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        (
+            {"REDIS_URL": "sentinel://h1:26379;sentinel://h2:notaport", "REDIS_SENTINEL_MASTER": "m"},
+            "REDIS_URL",
+        ),
+        ({"REDIS_URL": "sentinel://h1:26379;sentinel://h2:26379"}, "REDIS_SENTINEL_MASTER"),
+    ],
+)
+def test_malformed_sentinel_address_or_missing_master_stops_startup(env: dict[str, str], named: str) -> None:
+    result = _manage_redis("check", **env)
+    assert result.returncode != 0
+    assert named in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        (
+            {"REDIS_URL": "sentinel://h1:26379;sentinel://h2:notaport", "REDIS_SENTINEL_MASTER": "m"},
+            "REDIS_URL",
+        ),
+        ({"REDIS_URL": "sentinel://h1:26379;redis://h2:6379", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_URL"),
+        ({"REDIS_URL": "sentinel://h1:26379;;", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_URL"),
+        ({"REDIS_URL": "sentinel://h1:26379;sentinel://h2:26379"}, "REDIS_SENTINEL_MASTER"),
+        ({"REDIS_URL": "sentinel://h1:26379", "REDIS_SENTINEL_MASTER": "two words"}, "REDIS_SENTINEL_MASTER"),
+        ({"CELERY_BROKER_URL": "sentinel://h1:26379;sentinel://h2:26379"}, "REDIS_SENTINEL_MASTER"),
+        (
+            {"CELERY_BROKER_URL": "sentinel://h1:26379;sentinel://:26379", "REDIS_SENTINEL_MASTER": "m"},
+            "CELERY_BROKER_URL",
+        ),
+        ({"REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINEL_MASTER"),
+        ({"REDIS_SENTINEL_TLS": "1"}, "REDIS_SENTINEL_TLS"),
+        ({"REDIS_TLS_CA_FILE": "/no/such/ca.pem"}, "REDIS_TLS_CA_FILE"),
+        ({"CELERY_BROKER_TRANSPORT_OPTIONS": "[1, 2]"}, "CELERY_BROKER_TRANSPORT_OPTIONS"),
+        ({"CELERY_BROKER_TRANSPORT_OPTIONS": "{not json"}, "CELERY_BROKER_TRANSPORT_OPTIONS"),
+    ],
+)
+def test_bad_redis_or_broker_setting_is_refused_naming_the_variable(
+    env: dict[str, str], named: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settings module re-read in this process (runpy: a fresh namespace, Django's
+    loaded settings untouched), for the cases the subprocess test above does not start."""
+    for variable in REDIS_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("DEBUG", "1")
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    with pytest.raises(ImproperlyConfigured) as refused:
+        runpy.run_path(str(ROOT / "controlplane" / "settings.py"))
+    assert str(refused.value).startswith(named)
+
+
+def test_sentinel_settings_reach_kombu_and_the_factory() -> None:
+    """The kombu form and the master name become the broker's transport options; options
+    from CELERY_BROKER_TRANSPORT_OPTIONS are added (and win)."""
+    script = (
+        "import json\n"
+        "from controlplane.celery import app\n"
+        "from controlplane.common.redis import RedisConfig\n"
+        "options = app.conf.broker_transport_options\n"
+        "print(json.dumps({'master': options['master_name'], 'visibility': options['visibility_timeout'],"
+        " 'sentinel_password': options['sentinel_kwargs']['password'], 'broker': app.conf.broker_url,"
+        " 'config': RedisConfig.from_settings().sentinel_master}))\n"
+    )
+    urls = "sentinel://127.0.0.1:26379/1;sentinel://127.0.0.2:26379/1"
+    result = _manage_redis(
+        "shell",
+        "-c",
+        script,
+        REDIS_URL=urls,
+        REDIS_SENTINEL_MASTER="mymaster",
+        REDIS_SENTINEL_PASSWORD="pw",
+        CELERY_BROKER_TRANSPORT_OPTIONS='{"visibility_timeout": 7200}',
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {
+        "master": "mymaster",
+        "visibility": 7200,
+        "sentinel_password": "pw",
+        "broker": urls,
+        "config": "mymaster",
+    }
