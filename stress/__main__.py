@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-SCENARIOS = ("exactly-once", "kill", "outage", "heartbeat")
+SCENARIOS = ("exactly-once", "kill", "outage", "heartbeat", "failover")
 
 
 def database_recreate(url: str) -> None:
@@ -89,6 +89,7 @@ def main(argv: list[str]) -> int:
         "kill": lambda: _scenario("kill").run(env),
         "outage": lambda: _scenario("outage").run(env, outage_seconds=10, settle_seconds=10 * scale),
         "heartbeat": lambda: _scenario("heartbeat_race").run(env, duration=60 * scale),
+        "failover": lambda: _scenario("failover").run(env, settle_seconds=10 * scale),
     }
     print(f"stress suite: logs in {log_dir}", flush=True)
     started = time.monotonic()

@@ -62,6 +62,8 @@ class StressEnv:
 
     log_dir: Path
     redis_port: int = 16440
+    # The failover scenario's Sentinel cluster: master, replica, three sentinels.
+    sentinel_ports: range = range(17100, 17105)
     lock_prefix: str = field(default_factory=lambda: f"cpstress:{uuid.uuid4().hex[:8]}:lock:")
 
     def subprocess_env(self, *, app: str = db.WORKER_APP_PREFIX, **extra: str) -> dict[str, str]:
