@@ -1,4 +1,5 @@
-"""End to end: gunicorn + Celery worker + beat + the simulator, about a minute, on its own database.
+"""End to end: gunicorn + Celery worker + beat + the simulator, about a minute, on its own database,
+once with Redis as the broker and once with RabbitMQ (on a vhost the test creates and deletes).
 
 50 agents with 10% crashing mid-job and 10% going silent for longer than the recovery
 bound. While it runs, a monitor samples the database twice a second and checks the
@@ -42,6 +43,7 @@ SLACK_SECONDS = 4  # beat tick alignment plus task pickup latency
 HOLD_BOUND_SECONDS = STALE_TIMEOUT_SECONDS + 2 * INTERVAL_SECONDS + SLACK_SECONDS
 SIM_SECONDS = 45
 AGENTS = 50
+RABBITMQ_USER = RABBITMQ_PASSWORD = "guest"  # RabbitMQ's default user, loopback only
 
 
 def _database_url(name: str) -> str:
@@ -96,8 +98,45 @@ class Processes:
                 proc.wait()
 
 
+def _rabbitmqctl(*args: str) -> str:
+    result = subprocess.run(
+        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, f"rabbitmqctl {' '.join(args)}: {result.stdout}{result.stderr}"
+    return result.stdout
+
+
+@dataclass
+class Broker:
+    name: str
+    url: str
+    vhost: str = ""
+
+    def queues(self) -> dict[str, int]:
+        """RabbitMQ only: queue name -> consumers, in this broker's vhost."""
+        lines = _rabbitmqctl("list_queues", "-p", self.vhost, "--no-table-headers", "name", "consumers")
+        return {name: int(consumers) for name, consumers in (line.split() for line in lines.splitlines())}
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    """The test run's own Redis database, or a fresh RabbitMQ vhost (guest, loopback)."""
+    if request.param == "redis":
+        yield Broker("redis", settings.REDIS_URL)
+        return
+    vhost = f"cpe2e-{os.getpid()}"
+    if vhost in _rabbitmqctl("list_vhosts").split():  # left over by a killed run
+        _rabbitmqctl("delete_vhost", vhost)
+    _rabbitmqctl("add_vhost", vhost)
+    try:
+        _rabbitmqctl("set_permissions", "-p", vhost, RABBITMQ_USER, ".*", ".*", ".*")
+        yield Broker("rabbitmq", f"amqp://{RABBITMQ_USER}:{RABBITMQ_PASSWORD}@127.0.0.1:5672/{vhost}", vhost)
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Processes]:
+def stack(tmp_path: Path, broker: Broker) -> Iterator[Processes]:
     with _admin_connection() as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {E2E_DATABASE} WITH (FORCE)")
         admin.execute(f"CREATE DATABASE {E2E_DATABASE}")
@@ -106,7 +145,7 @@ def stack(tmp_path: Path) -> Iterator[Processes]:
         "DEBUG": "1",
         "DATABASE_URL": _database_url(E2E_DATABASE),
         "REDIS_URL": settings.REDIS_URL,  # the test run's own Redis database
-        "CELERY_BROKER_URL": settings.REDIS_URL,
+        "CELERY_BROKER_URL": broker.url,
         "RECONCILERS_QUEUE": f"cpe2e-{os.getpid()}",
         "RECONCILERS_LOCK_PREFIX": f"cpe2e:{os.getpid()}:lock:",
         "AGENT_HEARTBEAT_INTERVAL_SECONDS": str(HEARTBEAT_SECONDS),
@@ -233,7 +272,15 @@ class Monitor(threading.Thread):
                 )
 
 
-def test_fleet_end_to_end_heals_crashes_and_fences_stale_holders(stack: Processes) -> None:
+def test_fleet_end_to_end_heals_crashes_and_fences_stale_holders(stack: Processes, broker: Broker) -> None:
+    if broker.name == "rabbitmq":
+        # The worker consumes the reconcile queue in the test's vhost, so every run below
+        # reached it through RabbitMQ.
+        queue = stack.env["RECONCILERS_QUEUE"]
+        deadline = time.monotonic() + 30
+        while broker.queues().get(queue, 0) < 1 and time.monotonic() < deadline:
+            time.sleep(1)
+        assert broker.queues().get(queue, 0) >= 1, broker.queues()
     monitor = Monitor()
     monitor.start()
     try:
