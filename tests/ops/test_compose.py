@@ -1,4 +1,5 @@
-"""docker-compose.yml: it validates, and every service starts with the command the README documents."""
+"""docker-compose.yml and its Sentinel and RabbitMQ overrides: they validate, every service starts
+with the command the README documents, and the overrides hand the app settings it accepts."""
 
 from __future__ import annotations
 
@@ -14,8 +15,16 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
+SENTINEL = ROOT / "docker-compose.sentinel.yml"
+RABBITMQ = ROOT / "docker-compose.rabbitmq.yml"
 README = ROOT / "README.md"
-REQUIRED_ENV = {"POSTGRES_PASSWORD": "pw", "SECRET_KEY": "k" * 50, "FLOWER_BASIC_AUTH": "ops:secret"}
+REQUIRED_ENV = {
+    "POSTGRES_PASSWORD": "pw",
+    "SECRET_KEY": "k" * 50,
+    "FLOWER_BASIC_AUTH": "ops:secret",
+    "RABBITMQ_PASSWORD": "rabbit-pw",
+}
+APP_SERVICES = ("migrate", "web", "worker", "beat", "flower")
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +97,13 @@ def _compose_cli() -> list[str] | None:
     return [legacy] if legacy else None
 
 
-def _config(cli: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _config(
+    cli: list[str], env: dict[str, str], *overrides: Path, quiet: bool = True
+) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k not in REQUIRED_ENV}
+    files = [arg for path in (COMPOSE, *overrides) for arg in ("-f", str(path))]
     return subprocess.run(
-        [*cli, "-f", str(COMPOSE), "config", "-q"],
+        [*cli, *files, "config", *(["-q"] if quiet else [])],
         capture_output=True,
         text=True,
         env={**clean, **env},
@@ -110,3 +122,72 @@ def test_docker_compose_config_validates() -> None:
     refused = _config(cli, {k: v for k, v in REQUIRED_ENV.items() if k != "FLOWER_BASIC_AUTH"})
     assert refused.returncode != 0
     assert "FLOWER_BASIC_AUTH" in refused.stderr + refused.stdout
+
+
+def _merged(override: Path) -> dict[str, Any]:
+    cli = _compose_cli()
+    if cli is None:
+        pytest.skip("no docker compose CLI (.ci/install-system-packages installs docker-compose)")
+    result = _config(cli, REQUIRED_ENV, override, quiet=False)
+    assert result.returncode == 0, result.stderr
+    merged: dict[str, Any] = yaml.safe_load(result.stdout)
+    return merged
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):  # Compose v1 may print KEY=VALUE lines
+        return dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def test_override_commands_are_documented_in_readme() -> None:
+    readme = README.read_text()
+    for path in (SENTINEL, RABBITMQ):
+        assert f"-f {path.name}" in readme
+        services = yaml.safe_load(path.read_text())["services"]
+        commands = {name: _command(s) for name, s in services.items() if "command" in s}
+        missing = {name: cmd for name, cmd in commands.items() if f"{cmd}`" not in readme}
+        assert not missing, f"{path.name}: commands not written in README.md: {missing}"
+
+
+def test_sentinel_override_points_every_app_process_at_the_sentinels() -> None:
+    from controlplane.common.redis import redis_url_problem, sentinel_url_parse
+
+    merged = _merged(SENTINEL)["services"]
+    assert {"redis", "redis-replica", "sentinel1", "sentinel2", "sentinel3"} <= set(merged)
+    for name in APP_SERVICES:
+        env = _environment(merged[name])
+        assert redis_url_problem(env["REDIS_URL"]) is None, name  # the app's own parser accepts it
+        hosts = {host for host, _port in sentinel_url_parse(env["REDIS_URL"]).addresses}
+        assert hosts == {"sentinel1", "sentinel2", "sentinel3"}, name
+        assert env["REDIS_SENTINEL_MASTER"] == "controlplane", name
+        assert env.get("CELERY_BROKER_URL", env["REDIS_URL"]) == env["REDIS_URL"], name
+        assert {"sentinel1", "sentinel2", "sentinel3"} <= set(merged[name]["depends_on"]), name
+    config = (ROOT / "deploy/redis/sentinel.conf").read_text()
+    assert "sentinel monitor controlplane redis 6379 2" in config
+    assert "--replicaof redis 6379" in _command(merged["redis-replica"])
+
+
+def test_rabbitmq_override_is_the_broker_with_the_management_api_for_flower() -> None:
+    merged = _merged(RABBITMQ)["services"]
+    assert "management" in merged["rabbitmq"]["image"]
+    for name in APP_SERVICES:
+        env = _environment(merged[name])
+        assert env["CELERY_BROKER_URL"] == "amqp://controlplane:rabbit-pw@rabbitmq:5672/controlplane", name
+        assert env["REDIS_URL"].startswith("redis://"), name  # locks and cache stay on Redis
+    assert _environment(merged["flower"])["FLOWER_BROKER_API"].startswith(
+        "http://controlplane:rabbit-pw@rabbitmq:15672/"
+    )
+
+
+def test_overrides_validate_and_the_rabbitmq_password_has_no_default() -> None:
+    cli = _compose_cli()
+    if cli is None:
+        pytest.skip("no docker compose CLI (.ci/install-system-packages installs docker-compose)")
+    for override in (SENTINEL, RABBITMQ):
+        result = _config(cli, REQUIRED_ENV, override)
+        assert result.returncode == 0, f"{override.name}: {result.stderr}"
+    refused = _config(cli, {k: v for k, v in REQUIRED_ENV.items() if k != "RABBITMQ_PASSWORD"}, RABBITMQ)
+    assert refused.returncode != 0
+    assert "RABBITMQ_PASSWORD" in refused.stderr + refused.stdout
