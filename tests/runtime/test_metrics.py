@@ -161,7 +161,9 @@ def test_reconcile_in_a_celery_worker_shows_in_its_metrics_port(tmp_path: Path) 
         while time.monotonic() < deadline + 10:
             values = _scrape(WORKER_METRICS_PORT) or {}
             counted = sample(values, "reconcile_total", controller=Sleeper.name, result="success")
-            if counted:
+            # A scrape reads each process's files one after the other, so it can see the new
+            # counter with a running gauge read a moment earlier: wait for a scrape with both.
+            if counted and sample(values, "running", controller=Sleeper.name) == 0:
                 break
             time.sleep(0.3)
         assert counted == 1
