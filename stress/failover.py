@@ -57,14 +57,17 @@ from stress.exactly_once import PARAMS, Producer, seed_data
 from stress.kill import BATCH_SIZE, SLOW_DELETE_SECONDS, _insert
 from stress.procs import REPO_ROOT, ProcessSet, SentinelCluster
 
+LONG_RUN = "audit-retention"
+# A run may not outlast its period (design.md §4.2), and the long run must outlast the
+# demotion of the old master, about 10 s after the failover: its period is long enough.
+LONG_RUN_INTERVAL_SECONDS = 30
 INTERVALS = {
     "agent-health": 2,
     "job-recovery": 2,
     "queue-priority": 2,
     "token-cleanup": 3,
-    "audit-retention": 3,
+    LONG_RUN: LONG_RUN_INTERVAL_SECONDS,
 }
-LONG_RUN = "audit-retention"
 # x SLOW_DELETE_SECONDS (and the delete itself): a run of 20 s or more, so that the one in
 # progress at SENTINEL FAILOVER still runs when the old master is demoted ~10 s later.
 LONG_RUN_BATCHES = 400
@@ -121,8 +124,12 @@ def _in_progress(fence_before: int, ids: list[int]) -> int | None:
         or left < MIN_BATCHES_LEFT_AT_FAILOVER * BATCH_SIZE
     ):
         return None
-    if ReconcileRun.objects.filter(controller=LONG_RUN, fence=state["fence"]).exists():
-        return None
+    if (
+        ReconcileRun.objects.filter(controller=LONG_RUN, fence=state["fence"])
+        .exclude(outcome=RunOutcome.RUNNING)
+        .exists()
+    ):
+        return None  # that run already ended
     return int(state["fence"])
 
 
@@ -156,7 +163,7 @@ def run(env: StressEnv, *, settle_seconds: float = 10.0, workers: int = 2) -> Re
             {
                 name: {
                     "interval_seconds": interval,
-                    "run_timeout_seconds": 120,
+                    "run_timeout_seconds": interval,  # a run may not outlast its period
                     **({"params": PARAMS[name]} if name in PARAMS else {}),
                 }
                 for name, interval in INTERVALS.items()
