@@ -37,7 +37,15 @@ from reconcilers.services import (
     run_controller,
 )
 
-EDITABLE_FIELDS = ("enabled", "interval_seconds", "dry_run", "run_timeout_seconds", "params")
+EDITABLE_FIELDS = (
+    "enabled",
+    "interval_seconds",
+    "crontab",
+    "timezone",
+    "dry_run",
+    "run_timeout_seconds",
+    "params",
+)
 
 
 class ReconcilerConfigForm(VersionedChangeForm):

@@ -164,7 +164,7 @@ def controllers_health(*, paused: bool) -> list[ControllerHealth]:
         success_at = successes.get(name)
         anchor = success_at or config.updated_at
         stale = anchor is None or now - anchor > timedelta(
-            seconds=STALE_AFTER_PERIODS * config.period_seconds
+            seconds=STALE_AFTER_PERIODS * config.period_at(now)
         )
         if paused:
             status = "paused"
@@ -182,7 +182,7 @@ def controllers_health(*, paused: bool) -> list[ControllerHealth]:
                 status=status,
                 enabled=config.enabled,
                 dry_run=config.dry_run,
-                interval_seconds=config.interval_seconds,
+                interval_seconds=config.period_at(now),
                 last_success_at=success_at,
             )
         )

@@ -14,6 +14,7 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models import F
+from django.utils import timezone as django_timezone
 from django_celery_beat.models import PeriodicTasks
 from pydantic import ValidationError
 
@@ -33,6 +34,7 @@ from reconcilers.runtime.config import (
     run_timeout_conflict,
 )
 from reconcilers.runtime.contract import Controller, ControllerParams
+from reconcilers.runtime.cron import CrontabError, crontab_parse
 from reconcilers.runtime.metrics import Metrics
 from reconcilers.runtime.runner import run
 from reconcilers.runtime.summary import RunSummary
@@ -44,7 +46,16 @@ log = logging.getLogger(__name__)
 # Allowed ranges (design.md §6), in seconds.
 INTERVAL_SECONDS_RANGE = (1, 604800)
 RUN_TIMEOUT_SECONDS_RANGE = (1, 86400)
-CONFIG_FIELDS = ("enabled", "interval_seconds", "dry_run", "run_timeout_seconds", "params")
+CONFIG_FIELDS = (
+    "enabled",
+    "interval_seconds",
+    "crontab",
+    "timezone",
+    "dry_run",
+    "run_timeout_seconds",
+    "params",
+)
+SCHEDULE_FIELDS = ("interval_seconds", "crontab", "timezone", "run_timeout_seconds")
 
 
 class ConfigValidationError(ValueError):
@@ -108,6 +119,10 @@ def config_validate(
             clean[field] = _int_in_range(field, value, RUN_TIMEOUT_SECONDS_RANGE)
         elif field in ("enabled", "dry_run"):
             clean[field] = _boolean(field, value)
+        elif field in ("crontab", "timezone"):
+            if not isinstance(value, str):
+                raise ConfigValidationError(field, f"must be a string, got {value!r}")
+            clean[field] = " ".join(value.split()) if field == "crontab" else value.strip()
         elif field == "params":
             if not isinstance(value, Mapping):
                 raise ConfigValidationError("params", "must be a JSON object")
@@ -117,14 +132,38 @@ def config_validate(
             dumped = params.model_dump(mode="json")
             clean[field] = {key: dumped[key] for key in merged}
     after = {**current, **clean}
-    if {"interval_seconds", "run_timeout_seconds"} & set(clean):
-        conflict = run_timeout_conflict(after["run_timeout_seconds"], after["interval_seconds"])
+    period = after["interval_seconds"]
+    if {"crontab", "timezone"} & set(clean) and after["crontab"]:
+        try:
+            cron = crontab_parse(after["crontab"], after["timezone"] or "UTC")
+        except CrontabError as exc:
+            field = "timezone" if "time zone" in str(exc) else "crontab"
+            raise ConfigValidationError(field, str(exc)) from None
+        period = cron.shortest_gap_seconds(django_timezone.now())
+    elif after["crontab"]:
+        period = _crontab_shortest_period(after["crontab"], after["timezone"], period)
+    if "timezone" in clean and not after["crontab"]:
+        try:
+            crontab_parse("* * * * *", after["timezone"])
+        except CrontabError as exc:
+            raise ConfigValidationError("timezone", str(exc)) from None
+    if set(SCHEDULE_FIELDS) & set(clean):
+        conflict = run_timeout_conflict(after["run_timeout_seconds"], period)
         if conflict:
-            field = "run_timeout_seconds" if "run_timeout_seconds" in clean else "interval_seconds"
-            raise ConfigValidationError(field, f"refused: {conflict}")
+            moved = [
+                field for field in ("run_timeout_seconds", "crontab", "interval_seconds") if field in clean
+            ]
+            raise ConfigValidationError((moved or ["run_timeout_seconds"])[0], f"refused: {conflict}")
     if params is not None and name in FAIRNESS_FIELDS:
         _fairness_check(name, params, changes["params"])
     return clean
+
+
+def _crontab_shortest_period(crontab: str, zone: str, fallback: int) -> int:
+    try:
+        return crontab_parse(crontab, zone or "UTC").shortest_gap_seconds(django_timezone.now())
+    except CrontabError:  # a stored bad crontab: the row is invalid and reported as such
+        return fallback
 
 
 def _params_validate(controller: Controller, raw: Mapping[str, Any]) -> ControllerParams:

@@ -156,7 +156,7 @@ class _Run:
         self.abandon_older(grant)
         claimed = False
         if not dry_run:
-            claimed = self.anchor_claim(fence, started_at, config.period_seconds)
+            claimed = self.anchor_claim(fence, started_at, config.period_at(started_at))
             if not claimed:
                 if fence_current(self.name) != fence:
                     return self.fail(LockLostError("newer grant before start"), "", dry_run)
