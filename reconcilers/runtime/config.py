@@ -61,8 +61,14 @@ class EffectiveConfig:
 
     @property
     def cron(self) -> Crontab | None:
-        """The parsed crontab, or None on an interval schedule."""
-        return crontab_parse(self.crontab, self.timezone) if self.crontab else None
+        """The parsed crontab, or None on an interval schedule (or a stored crontab that fails
+        to parse: the config is then invalid and every run refused, design.md §4.2)."""
+        if not self.crontab:
+            return None
+        try:
+            return crontab_parse(self.crontab, self.timezone)
+        except CrontabError:
+            return None
 
     def period_at(self, at: datetime) -> int:
         """Seconds between the due time of a run started at `at` and the due time before it:
