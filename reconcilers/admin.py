@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
 from django_celery_beat.admin import PeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
 
@@ -30,11 +33,12 @@ from reconcilers.selectors import age_text, config_of, configs_effective, contro
 from reconcilers.services import (
     ConfigConflictError,
     ConfigValidationError,
+    RunRequest,
     config_update,
     config_validate,
     config_warnings,
     pause_set,
-    run_controller,
+    run_request,
 )
 
 EDITABLE_FIELDS = (
@@ -169,8 +173,7 @@ class ReconcilerConfigAdmin(admin.ModelAdmin):
 
     def _run(self, request: HttpRequest, queryset: QuerySet[ReconcilerConfig], **options: Any) -> None:
         for config in queryset:
-            summary = run_controller(config.controller, force=True, trigger="admin", **options)
-            _report(request, summary)
+            _run_request_report(request, config.controller, **options)
 
     @admin.action(
         description="Run now (bypasses too-soon, disabled and pause; never the lock)", permissions=["change"]
@@ -243,6 +246,32 @@ def _report(request: HttpRequest, summary: RunSummary) -> None:
     messages.add_message(request, level, summary.describe())
 
 
+def _run_request_report(request: HttpRequest, name: str, **options: Any) -> RunRequest:
+    """Send an operator's forced run to a worker (or run it here in `inprocess` mode) and say
+    what happened; the message links the run history filtered by the task id."""
+    outcome = run_request(name, actor=actor_for_user(request.user), **options)
+    if outcome.summary is not None:
+        _report(request, outcome.summary)
+    elif outcome.sent:
+        runs_url = (
+            reverse("admin:reconcilers_reconcilerun_changelist") + "?" + urlencode({"q": outcome.task_id})
+        )
+        messages.success(
+            request,
+            format_html(
+                '{}: sent to a worker as task <a href="{}">{}</a>; it shows as running, then finished, '
+                'on the <a href="{}">dashboard</a>.',
+                name,
+                runs_url,
+                outcome.task_id,
+                reverse("reconcilers-dashboard"),
+            ),
+        )
+    else:
+        messages.error(request, f"{name}: {outcome.detail}")
+    return outcome
+
+
 @admin.register(ReconcileRun)
 class ReconcileRunAdmin(admin.ModelAdmin):
     list_display = (
@@ -255,9 +284,10 @@ class ReconcileRunAdmin(admin.ModelAdmin):
         "forced",
         "fence",
         "worker_host",
+        "task_id",
     )
     list_filter = ("controller", "outcome", "reason", "dry_run", "forced")
-    search_fields = ("controller", "worker_host", "error")
+    search_fields = ("controller", "worker_host", "=task_id", "error")
     date_hierarchy = "started_at"
     list_per_page = 50
     show_full_result_count = False  # no COUNT(*) over a long history on every page

@@ -27,6 +27,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
+from controlplane.common.actors import actor_for_user
 from reconcilers.models import ReconcileRun, RunOutcome
 from reconcilers.registry import UnknownControllerError, controller_get
 from reconcilers.runtime.config import EffectiveConfig, paused_globally
@@ -40,7 +41,7 @@ from reconcilers.selectors import (
     recent_runs,
     states_by_controller,
 )
-from reconcilers.services import run_controller
+from reconcilers.services import run_request
 
 RUNS_IN_TABLE = 10  # of the RUNS_PER_CONTROLLER a chart shows
 CHART_WIDTH_PX = 520
@@ -308,8 +309,14 @@ def dry_run_now(request: HttpRequest, name: str) -> HttpResponse:
     except UnknownControllerError as exc:
         messages.error(request, str(exc))
         return HttpResponseRedirect(reverse("reconcilers-dashboard"))
-    # Exactly the admin action: forced past pause and disabled, never past the lock.
-    summary = run_controller(name, dry_run=True, force=True, trigger="admin")
-    level = messages.SUCCESS if summary.outcome == RunOutcome.SUCCESS else messages.WARNING
-    messages.add_message(request, level, summary.describe())
+    # Exactly the admin action: forced past pause and disabled, never past the lock, and
+    # sent to a worker (or run here in `inprocess` mode).
+    outcome = run_request(name, actor=actor_for_user(request.user), dry_run=True)
+    if outcome.summary is not None:
+        level = messages.SUCCESS if outcome.summary.outcome == RunOutcome.SUCCESS else messages.WARNING
+        messages.add_message(request, level, outcome.summary.describe())
+    elif outcome.sent:
+        messages.success(request, f"{name}: dry run sent to a worker as task {outcome.task_id}")
+    else:
+        messages.error(request, f"{name}: {outcome.detail}")
     return HttpResponseRedirect(f"{reverse('reconcilers-dashboard')}#controller-{name}")

@@ -167,6 +167,12 @@ class ReconcileRun(models.Model):
         max_length=200, blank=True, default="", help_text="Host and process that ran it."
     )
     error = models.TextField(blank=True, default="", help_text="Error text with traceback.")
+    task_id = models.CharField(
+        max_length=255,
+        blank=True,
+        default="",
+        help_text="Celery task id of the message that started the run (empty: CLI or manager).",
+    )
 
     class Meta:
         ordering = ["-started_at", "-id"]

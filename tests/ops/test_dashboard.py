@@ -132,8 +132,9 @@ def test_queries_do_not_grow_with_history(admin_client: Client, controller_names
 
 
 def test_dry_run_now_runs_through_the_runner(
-    admin_client: Client, controller_names: list[str], redis_client: Any
+    admin_client: Client, controller_names: list[str], redis_client: Any, settings: Any
 ) -> None:
+    settings.RECONCILERS_ADMIN_RUNS = "inprocess"  # the Celery path: tests/runtime/test_admin_runs.py
     name = controller_names[-1]
     response = admin_client.post(reverse("reconcilers-dashboard-dry-run", args=[name]), follow=True)
     assert response.status_code == 200
@@ -178,8 +179,9 @@ def test_chart_escapes_and_scales(db: Any) -> None:
 
 
 def test_dry_run_now_behaves_like_the_admin_action_past_pause_and_disabled(
-    admin_client: Client, controller_names: list[str], redis_client: Any
+    admin_client: Client, controller_names: list[str], redis_client: Any, settings: Any
 ) -> None:
+    settings.RECONCILERS_ADMIN_RUNS = "inprocess"
     name = controller_names[-1]
     GlobalPause.objects.update_or_create(pk=1, defaults={"paused": True})
     ReconcilerConfig.objects.filter(controller=name).update(enabled=False)
