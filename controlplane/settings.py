@@ -201,6 +201,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_celery_beat",
     "django_prometheus",
+    "ninja",  # the API docs page renders django-ninja's templates with its shipped static files (no CDN)
     "controlplane.tenants",
     "controlplane.agents",
     "controlplane.commands",
