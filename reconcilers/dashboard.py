@@ -138,6 +138,7 @@ class ControllerPanel:
     name: str
     enabled: bool
     interval_seconds: int
+    crontab: str
     dry_run: bool
     configured: bool  # False: no config row, the runner uses the defaults shown
     fence: int | None
@@ -259,6 +260,7 @@ def controller_panels() -> list[ControllerPanel]:
             name=name,
             enabled=config.enabled,
             interval_seconds=config.interval_seconds,
+            crontab=config.schedule_text() if config.crontab else "",
             dry_run=config.dry_run,
             configured=config.configured,
             fence=state.fence if state else None,
