@@ -170,9 +170,25 @@ def _point_colour(run: ReconcileRun) -> str:
     return OUTCOME_COLOURS.get(run.outcome, OUTCOME_COLOURS["skipped"])
 
 
+def _point_shape(run: ReconcileRun) -> SafeString:
+    """Size, fill and dash tell the outcomes apart without colour: success a filled dot, error a
+    large ring, skipped a small dot, dry run a dashed ring."""
+    colour = _point_colour(run)
+    if run.dry_run and run.outcome == RunOutcome.SUCCESS:
+        return format_html(
+            'r="4" fill="#fff" stroke="{}" stroke-width="1.5" stroke-dasharray="2 1.5"', colour
+        )
+    if run.outcome == RunOutcome.ERROR:
+        return format_html('r="5" fill="#fff" stroke="{}" stroke-width="2.5"', colour)
+    if run.outcome == RunOutcome.SKIPPED:
+        return format_html('r="2" fill="{}"', colour)
+    return format_html('r="3.5" fill="{}"', colour)
+
+
 def items_chart_svg(name: str, runs: list[ReconcileRun]) -> SafeString:
-    """Items per run over time as inline SVG: a line through real runs, one dot per run
-    (green success, red error, grey skipped, blue dry run at its would-change total)."""
+    """Items per run over time as inline SVG: a line through real runs, one mark per run
+    (a green dot for success, a large red ring for an error, a small grey dot for a skip, a
+    dashed blue ring for a dry run at its would-change total); each mark's title says it in words."""
     points = sorted((r for r in runs), key=lambda r: (r.started_at, r.pk))
     width, height, pad = CHART_WIDTH_PX, CHART_HEIGHT_PX, CHART_PAD_PX
     if not points:
@@ -202,12 +218,12 @@ def items_chart_svg(name: str, runs: list[ReconcileRun]) -> SafeString:
     )
     dots = format_html_join(
         "",
-        '<circle cx="{}" cy="{}" r="3.5" fill="{}"><title>{} {}{} items={}</title></circle>',
+        '<circle cx="{}" cy="{}" {}><title>{} {}{} items={}</title></circle>',
         (
             (
                 f"{x(r):.1f}",
                 f"{y(_point_value(r)):.1f}",
-                _point_colour(r),
+                _point_shape(r),
                 r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
                 r.outcome,
                 f" ({r.reason})" if r.reason else (" (dry run)" if r.dry_run else ""),
