@@ -12,7 +12,7 @@ TEST_PG_URL ?= postgres://postgres@127.0.0.1:5432/controlplane
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock lock-check audit run demo test test-postgres test-sqlite test-matrix lint format typecheck \
+.PHONY: help install lock lock-check audit run demo screenshot test test-postgres test-sqlite test-matrix lint format typecheck \
 	migrations-check check bench stress clean
 
 help: ## list the targets
@@ -57,6 +57,10 @@ run: demo ## the README's run command: the whole system on the embedded defaults
 
 demo: install ## SQLite + embedded Redis, admin, worker, beat, Flower, simulator; prints URLs and login; Ctrl-C stops all
 	VENV=$(VENV) bash scripts/demo.sh
+
+screenshot: install ## run the browser acceptance test on `make run` (headless Chromium) and copy its dashboard picture to docs/images/ for the README
+	DEBUG=1 DATABASE_URL=$(TEST_PG_URL) $(BIN)/pytest -q -p no:cacheprovider -m browser tests/ops/test_browser_demo.py
+	mkdir -p docs/images && cp var/screenshots/dashboard.png docs/images/dashboard.png
 
 test: install lint typecheck migrations-check lock-check test-postgres test-sqlite ## everything CI checks: lint, types, migrations, lock, suite on PostgreSQL then SQLite
 

@@ -172,6 +172,12 @@ RECONCILERS_LOCK_BACKEND: str = _read(
 )
 RECONCILERS_LOCK_PREFIX: str = _read("RECONCILERS_LOCK_PREFIX", env.str, "controlplane:lock:")
 RECONCILERS_QUEUE: str = _read("RECONCILERS_QUEUE", env.str, "reconcilers")
+# Where the admin's Run now / Dry-run now run: `celery` sends the controller's task to a
+# worker (the web request never runs a reconcile); `inprocess` runs it in the web process,
+# for installs that run `manage.py runcontrollers` and have no broker.
+RECONCILERS_ADMIN_RUNS: str = _read(
+    "RECONCILERS_ADMIN_RUNS", env.str, "celery", validate=lambda v: v in ("celery", "inprocess")
+)
 # Lock TTL (seconds): renewed every TTL/3 while a run lasts; PostgreSQL statement and
 # lock-wait timeouts of a run sit just below it so a paused holder cannot block a new one.
 RECONCILERS_LOCK_TTL_SECONDS: float = _read(
@@ -195,6 +201,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_celery_beat",
     "django_prometheus",
+    "ninja",  # the API docs page renders django-ninja's templates with its shipped static files (no CDN)
     "controlplane.tenants",
     "controlplane.agents",
     "controlplane.commands",

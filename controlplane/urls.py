@@ -5,6 +5,7 @@ from django.urls import path
 
 from controlplane import health, metrics_view
 from controlplane.api.api import api, openapi_schema
+from controlplane.api.docs import api_docs
 from reconcilers import dashboard
 
 urlpatterns = [
@@ -24,5 +25,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("api/schema/", openapi_schema, name="api-schema"),
+    path("api/docs/", api_docs, name="api-docs"),
     path("metrics", metrics_view.metrics, name="metrics"),
 ]

@@ -12,32 +12,44 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
 from django_celery_beat.admin import PeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
 
 from controlplane.common.actors import actor_for_user
 from controlplane.common.operator_admin import VersionedChangeForm
 from reconcilers.models import GlobalPause, ReconcilerConfig, ReconcileRun
-from reconcilers.runtime.config import EffectiveConfig
+from reconcilers.runtime.config import EffectiveConfig, paused_globally
 from reconcilers.runtime.summary import RunSummary
 from reconcilers.schedule import TASK_PREFIX
-from reconcilers.selectors import config_of, configs_effective
+from reconcilers.selectors import age_text, config_of, configs_effective, controllers_overview
 from reconcilers.services import (
     ConfigConflictError,
     ConfigValidationError,
+    RunRequest,
     config_update,
     config_validate,
     config_warnings,
     pause_set,
-    run_controller,
+    run_request,
 )
 
-EDITABLE_FIELDS = ("enabled", "interval_seconds", "dry_run", "run_timeout_seconds", "params")
+EDITABLE_FIELDS = (
+    "enabled",
+    "interval_seconds",
+    "crontab",
+    "timezone",
+    "dry_run",
+    "run_timeout_seconds",
+    "params",
+)
 
 
 class ReconcilerConfigForm(VersionedChangeForm):
@@ -68,6 +80,11 @@ class ReconcilerConfigForm(VersionedChangeForm):
             field.min_value = None
             field.validators = []
             field.widget.attrs.pop("min", None)
+        if "timezone" in self.fields:
+            self.fields["timezone"].required = False  # empty: UTC
+
+    def clean_timezone(self) -> str:
+        return str(self.cleaned_data.get("timezone") or "").strip() or "UTC"
 
     def changes(self) -> dict[str, Any]:
         data = self.cleaned_data
@@ -94,23 +111,10 @@ class ReconcilerConfigForm(VersionedChangeForm):
         pass
 
 
-def _latest_run(field: str) -> Subquery:
-    runs = ReconcileRun.objects.filter(controller=OuterRef("controller")).order_by("-started_at", "-id")
-    return Subquery(runs.values(field)[:1])
-
-
 @admin.register(ReconcilerConfig)
 class ReconcilerConfigAdmin(admin.ModelAdmin):
     form = ReconcilerConfigForm
-    list_display = (
-        "controller",
-        "enabled",
-        "interval_seconds",
-        "dry_run",
-        "last_run_at",
-        "last_outcome",
-        "last_items",
-    )
+    list_display = ("controller", "enabled", "schedule", "dry_run")
     list_display_links = ("controller",)
     readonly_fields = ("controller", "config_state", "params_in_effect", "version", "updated_at")
     fields = (
@@ -125,28 +129,8 @@ class ReconcilerConfigAdmin(admin.ModelAdmin):
     actions = ("run_now", "dry_run_now", "run_now_ignore_brake", "enable", "disable")
     ordering = ("controller",)
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[ReconcilerConfig]:
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                _last_run_at=_latest_run("started_at"),
-                _last_outcome=_latest_run("outcome"),
-                _last_reason=_latest_run("reason"),
-                _last_items=_latest_run("items"),
-            )
-        )
-
     def get_list_display(self, request: HttpRequest) -> Any:
-        # Validity needs both sides of a cross-controller rule: one read for the whole list.
-        configs = configs_effective()
-
-        @admin.display(description="config")
-        def config(obj: ReconcilerConfig) -> str:
-            effective = configs.get(obj.controller)
-            return _config_state(effective) if effective is not None else "unregistered"
-
-        return (*self.list_display[:1], config, *self.list_display[1:])
+        return (*self.list_display[:1], *_overview_columns(), *self.list_display[1:])
 
     @admin.display(description="config")
     def config_state(self, obj: ReconcilerConfig) -> str:
@@ -159,19 +143,9 @@ class ReconcilerConfigAdmin(admin.ModelAdmin):
             return "none: the stored params fail the schema, every run is refused"
         return json.dumps(config.params.model_dump(mode="json"), sort_keys=True)
 
-    @admin.display(description="last run", ordering="_last_run_at")
-    def last_run_at(self, obj: Any) -> Any:
-        return obj._last_run_at
-
-    @admin.display(description="outcome")
-    def last_outcome(self, obj: Any) -> str:
-        if not obj._last_outcome:
-            return "-"
-        return f"{obj._last_outcome} ({obj._last_reason})" if obj._last_reason else obj._last_outcome
-
-    @admin.display(description="items")
-    def last_items(self, obj: Any) -> Any:
-        return obj._last_items
+    @admin.display(description="schedule")
+    def schedule(self, obj: ReconcilerConfig) -> str:
+        return f"cron {obj.crontab} ({obj.timezone})" if obj.crontab else f"every {obj.interval_seconds} s"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # rows exist for every registered controller (post_migrate)
@@ -199,8 +173,7 @@ class ReconcilerConfigAdmin(admin.ModelAdmin):
 
     def _run(self, request: HttpRequest, queryset: QuerySet[ReconcilerConfig], **options: Any) -> None:
         for config in queryset:
-            summary = run_controller(config.controller, force=True, trigger="admin", **options)
-            _report(request, summary)
+            _run_request_report(request, config.controller, **options)
 
     @admin.action(
         description="Run now (bypasses too-soon, disabled and pause; never the lock)", permissions=["change"]
@@ -232,6 +205,33 @@ class ReconcilerConfigAdmin(admin.ModelAdmin):
         self._set_enabled(request, queryset, False)
 
 
+def _overview_columns() -> tuple[Any, ...]:
+    """The changelist's state, last success and config columns: what the dashboard's overview
+    shows (reconcilers.selectors.controllers_overview), read once for the whole list, not the
+    newest run row (right after start that is a too_soon skip, which says nothing of health)."""
+    overview = {row.name: row for row in controllers_overview(paused=paused_globally())}
+    configs = configs_effective()
+
+    @admin.display(description="state")
+    def state(obj: ReconcilerConfig) -> str:
+        row = overview.get(obj.controller)
+        return row.state if row is not None else "unregistered"
+
+    @admin.display(description="last success")
+    def last_success(obj: ReconcilerConfig) -> str:
+        row = overview.get(obj.controller)
+        if row is None or row.last_success_at is None:
+            return "never"
+        return f"{row.last_success_at:%Y-%m-%d %H:%M:%S} ({age_text(row.last_success_age_seconds)} ago)"
+
+    @admin.display(description="config")
+    def config(obj: ReconcilerConfig) -> str:
+        effective = configs.get(obj.controller)
+        return _config_state(effective) if effective is not None else "unregistered"
+
+    return state, last_success, config
+
+
 def _config_state(config: EffectiveConfig) -> str:
     """ok, or why the config is refused (invalid) or flagged (breaks a save-only rule)."""
     if not config.valid:
@@ -246,6 +246,32 @@ def _report(request: HttpRequest, summary: RunSummary) -> None:
     messages.add_message(request, level, summary.describe())
 
 
+def _run_request_report(request: HttpRequest, name: str, **options: Any) -> RunRequest:
+    """Send an operator's forced run to a worker (or run it here in `inprocess` mode) and say
+    what happened; the message links the run history filtered by the task id."""
+    outcome = run_request(name, actor=actor_for_user(request.user), **options)
+    if outcome.summary is not None:
+        _report(request, outcome.summary)
+    elif outcome.sent:
+        runs_url = (
+            reverse("admin:reconcilers_reconcilerun_changelist") + "?" + urlencode({"q": outcome.task_id})
+        )
+        messages.success(
+            request,
+            format_html(
+                '{}: sent to a worker as task <a href="{}">{}</a>; it shows as running, then finished, '
+                'on the <a href="{}">dashboard</a>.',
+                name,
+                runs_url,
+                outcome.task_id,
+                reverse("reconcilers-dashboard"),
+            ),
+        )
+    else:
+        messages.error(request, f"{name}: {outcome.detail}")
+    return outcome
+
+
 @admin.register(ReconcileRun)
 class ReconcileRunAdmin(admin.ModelAdmin):
     list_display = (
@@ -258,9 +284,10 @@ class ReconcileRunAdmin(admin.ModelAdmin):
         "forced",
         "fence",
         "worker_host",
+        "task_id",
     )
     list_filter = ("controller", "outcome", "reason", "dry_run", "forced")
-    search_fields = ("controller", "worker_host", "error")
+    search_fields = ("controller", "worker_host", "=task_id", "error")
     date_hierarchy = "started_at"
     list_per_page = 50
     show_full_result_count = False  # no COUNT(*) over a long history on every page

@@ -1,11 +1,14 @@
-"""The controllers' admin dashboard: what each controller is set to, what its runs did, who holds it.
+"""The controllers' admin dashboard: an overview of every controller's state first, then what each
+controller is set to, what its runs did, who holds it.
 
 Read-only except for "dry-run now", which goes through the runner like every other run.
 A fixed number of queries whatever the history size (the reads are in
 reconcilers.selectors): one window query for the recent runs of every controller
 (bounded per controller), one for each controller's last dry run, one each for configs,
-states and the pause switch. The chart is server-rendered SVG:
-no JavaScript, no CDN, works in an air-gapped admin.
+states and the pause switch; the overview adds six more (reconcilers.selectors.controllers_overview).
+The charts are server-rendered SVG: no JavaScript, no CDN, works in an air-gapped admin, and each
+says in text what it shows, so it reads without colour. The page refreshes itself with a meta
+refresh (no JavaScript needed).
 """
 
 from __future__ import annotations
@@ -24,11 +27,21 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET, require_POST
 
+from controlplane.common.actors import actor_for_user
 from reconcilers.models import ReconcileRun, RunOutcome
 from reconcilers.registry import UnknownControllerError, controller_get
 from reconcilers.runtime.config import EffectiveConfig, paused_globally
-from reconcilers.selectors import configs_effective, last_dry_runs, recent_runs, states_by_controller
-from reconcilers.services import run_controller
+from reconcilers.selectors import (
+    ControllerOverview,
+    ControllerState,
+    age_text,
+    configs_effective,
+    controllers_overview,
+    last_dry_runs,
+    recent_runs,
+    states_by_controller,
+)
+from reconcilers.services import run_request
 
 RUNS_IN_TABLE = 10  # of the RUNS_PER_CONTROLLER a chart shows
 CHART_WIDTH_PX = 520
@@ -36,6 +49,88 @@ CHART_HEIGHT_PX = 130
 CHART_PAD_PX = 28
 OUTCOME_COLOURS = {"success": "#2e7d32", "error": "#c62828", "skipped": "#9e9e9e", "dry_run": "#1565c0"}
 DRY_RUN_PERMISSION = "reconcilers.change_reconcilerconfig"
+REFRESH_SECONDS = 15  # the page reloads itself (meta refresh) this often
+SPARK_BAR_PX = 4
+SPARK_HEIGHT_PX = 22
+# A symbol beside each state's word, so the state reads without colour too.
+STATE_SYMBOLS = {
+    ControllerState.OK: "\u2714",  # heavy check mark
+    ControllerState.RUNNING: "\u25b6",  # play
+    ControllerState.STALE: "\u29d7",  # hourglass
+    ControllerState.FAILING: "\u2716",  # heavy multiplication x
+    ControllerState.DISABLED: "\u25cb",  # white circle
+    ControllerState.PAUSED: "\u23f8",  # pause
+    ControllerState.INVALID: "\u26a0",  # warning sign
+}
+
+
+@dataclass
+class OverviewRow:
+    """One row of the overview table: the selector's facts plus what the page links to."""
+
+    facts: ControllerOverview
+    state_symbol: str
+    state_class: str
+    spark: SafeString
+    panel_anchor: str
+    config_url: str
+
+    @property
+    def last_success_age(self) -> str:
+        return age_text(self.facts.last_success_age_seconds)
+
+
+def items_sparkline_svg(name: str, values: tuple[int, ...]) -> SafeString:
+    """Items per hour over the overview window as a bar sparkline; its title and aria label
+    carry the numbers, so it is readable without colour (and without seeing it)."""
+    top = max(max(values, default=0), 1)
+    width = SPARK_BAR_PX * len(values)
+    bars = format_html_join(
+        "",
+        '<rect x="{}" y="{}" width="{}" height="{}"/>',
+        (
+            (
+                i * SPARK_BAR_PX,
+                SPARK_HEIGHT_PX - max(round(v / top * SPARK_HEIGHT_PX), 1 if v else 0),
+                SPARK_BAR_PX - 1,
+                max(round(v / top * SPARK_HEIGHT_PX), 1 if v else 0),
+            )
+            for i, v in enumerate(values)
+        ),
+    )
+    label = f"{name}: items per hour over {len(values)} h, peak {max(values, default=0)}"
+    return format_html(
+        '<svg class="rc-spark" role="img" aria-label="{label}" width="{w}" height="{h}" viewBox="0 0 {w} {h}"'
+        ' xmlns="http://www.w3.org/2000/svg"><title>{label}</title>'
+        '<line x1="0" y1="{h}" x2="{w}" y2="{h}" stroke="#999"/><g fill="#555">{bars}</g></svg>',
+        label=label,
+        w=width,
+        h=SPARK_HEIGHT_PX,
+        bars=bars,
+    )
+
+
+def overview_rows(*, paused: bool) -> list[OverviewRow]:
+    return [
+        OverviewRow(
+            facts=facts,
+            state_symbol=STATE_SYMBOLS.get(facts.state, ""),
+            state_class="rc-state-" + facts.state.replace(" ", "-"),
+            spark=items_sparkline_svg(facts.name, facts.items_by_hour),
+            panel_anchor=f"controller-{facts.name}",
+            config_url=_row_url(facts.config_row_id),
+        )
+        for facts in controllers_overview(paused=paused)
+    ]
+
+
+def _row_url(row_id: int | None) -> str:
+    if row_id is None:
+        return ""
+    try:
+        return reverse("admin:reconcilers_reconcilerconfig_change", args=[row_id])
+    except NoReverseMatch:
+        return ""
 
 
 @dataclass
@@ -43,6 +138,7 @@ class ControllerPanel:
     name: str
     enabled: bool
     interval_seconds: int
+    crontab: str
     dry_run: bool
     configured: bool  # False: no config row, the runner uses the defaults shown
     fence: int | None
@@ -74,9 +170,25 @@ def _point_colour(run: ReconcileRun) -> str:
     return OUTCOME_COLOURS.get(run.outcome, OUTCOME_COLOURS["skipped"])
 
 
+def _point_shape(run: ReconcileRun) -> SafeString:
+    """Size, fill and dash tell the outcomes apart without colour: success a filled dot, error a
+    large ring, skipped a small dot, dry run a dashed ring."""
+    colour = _point_colour(run)
+    if run.dry_run and run.outcome == RunOutcome.SUCCESS:
+        return format_html(
+            'r="4" fill="#fff" stroke="{}" stroke-width="1.5" stroke-dasharray="2 1.5"', colour
+        )
+    if run.outcome == RunOutcome.ERROR:
+        return format_html('r="5" fill="#fff" stroke="{}" stroke-width="2.5"', colour)
+    if run.outcome == RunOutcome.SKIPPED:
+        return format_html('r="2" fill="{}"', colour)
+    return format_html('r="3.5" fill="{}"', colour)
+
+
 def items_chart_svg(name: str, runs: list[ReconcileRun]) -> SafeString:
-    """Items per run over time as inline SVG: a line through real runs, one dot per run
-    (green success, red error, grey skipped, blue dry run at its would-change total)."""
+    """Items per run over time as inline SVG: a line through real runs, one mark per run
+    (a green dot for success, a large red ring for an error, a small grey dot for a skip, a
+    dashed blue ring for a dry run at its would-change total); each mark's title says it in words."""
     points = sorted((r for r in runs), key=lambda r: (r.started_at, r.pk))
     width, height, pad = CHART_WIDTH_PX, CHART_HEIGHT_PX, CHART_PAD_PX
     if not points:
@@ -106,12 +218,12 @@ def items_chart_svg(name: str, runs: list[ReconcileRun]) -> SafeString:
     )
     dots = format_html_join(
         "",
-        '<circle cx="{}" cy="{}" r="3.5" fill="{}"><title>{} {}{} items={}</title></circle>',
+        '<circle cx="{}" cy="{}" {}><title>{} {}{} items={}</title></circle>',
         (
             (
                 f"{x(r):.1f}",
                 f"{y(_point_value(r)):.1f}",
-                _point_colour(r),
+                _point_shape(r),
                 r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
                 r.outcome,
                 f" ({r.reason})" if r.reason else (" (dry run)" if r.dry_run else ""),
@@ -148,12 +260,7 @@ def items_chart_svg(name: str, runs: list[ReconcileRun]) -> SafeString:
 
 
 def _config_url(config: EffectiveConfig) -> str:
-    if config.row_id is None:
-        return ""
-    try:
-        return reverse("admin:reconcilers_reconcilerconfig_change", args=[config.row_id])
-    except NoReverseMatch:  # the config admin is not registered
-        return ""
+    return _row_url(config.row_id)
 
 
 def controller_panels() -> list[ControllerPanel]:
@@ -169,6 +276,7 @@ def controller_panels() -> list[ControllerPanel]:
             name=name,
             enabled=config.enabled,
             interval_seconds=config.interval_seconds,
+            crontab=config.schedule_text() if config.crontab else "",
             dry_run=config.dry_run,
             configured=config.configured,
             fence=state.fence if state else None,
@@ -195,11 +303,14 @@ def _can_dry_run(request: HttpRequest) -> bool:
 @require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
     """Staff only (wrapped in admin_site.admin_view by the URLconf)."""
+    paused = paused_globally()
     context: dict[str, Any] = {
         **admin_site.each_context(request),
         "title": "Reconciler dashboard",
+        "overview": overview_rows(paused=paused),
+        "refresh_seconds": REFRESH_SECONDS,
         "panels": controller_panels(),
-        "paused": paused_globally(),
+        "paused": paused,
         "can_dry_run": _can_dry_run(request),
         "colours": OUTCOME_COLOURS,
     }
@@ -216,8 +327,14 @@ def dry_run_now(request: HttpRequest, name: str) -> HttpResponse:
     except UnknownControllerError as exc:
         messages.error(request, str(exc))
         return HttpResponseRedirect(reverse("reconcilers-dashboard"))
-    # Exactly the admin action: forced past pause and disabled, never past the lock.
-    summary = run_controller(name, dry_run=True, force=True, trigger="admin")
-    level = messages.SUCCESS if summary.outcome == RunOutcome.SUCCESS else messages.WARNING
-    messages.add_message(request, level, summary.describe())
+    # Exactly the admin action: forced past pause and disabled, never past the lock, and
+    # sent to a worker (or run here in `inprocess` mode).
+    outcome = run_request(name, actor=actor_for_user(request.user), dry_run=True)
+    if outcome.summary is not None:
+        level = messages.SUCCESS if outcome.summary.outcome == RunOutcome.SUCCESS else messages.WARNING
+        messages.add_message(request, level, outcome.summary.describe())
+    elif outcome.sent:
+        messages.success(request, f"{name}: dry run sent to a worker as task {outcome.task_id}")
+    else:
+        messages.error(request, f"{name}: {outcome.detail}")
     return HttpResponseRedirect(f"{reverse('reconcilers-dashboard')}#controller-{name}")

@@ -22,7 +22,22 @@ class ReconcilerConfig(models.Model):
     enabled = models.BooleanField(
         default=True, help_text="Disabled controllers skip every run (reason 'disabled')."
     )
-    interval_seconds = models.PositiveIntegerField(help_text="Seconds between scheduled runs (1..604800).")
+    interval_seconds = models.PositiveIntegerField(
+        help_text="Seconds between scheduled runs (1..604800), unless a crontab is set."
+    )
+    crontab = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        help_text=(
+            "A five-field crontab (minute hour day-of-month month day-of-week), e.g. '0 3 * * *' for "
+            "03:00 every day; empty: run every interval_seconds. Day of month and day of week must both "
+            "match, as in Celery beat."
+        ),
+    )
+    timezone = models.CharField(
+        max_length=64, default="UTC", help_text="IANA time zone the crontab is read in, e.g. Europe/Paris."
+    )
     dry_run = models.BooleanField(default=False, help_text="Report what would change, change nothing.")
     run_timeout_seconds = models.PositiveIntegerField(
         help_text="A run stops at the next batch boundary after this."
@@ -152,6 +167,12 @@ class ReconcileRun(models.Model):
         max_length=200, blank=True, default="", help_text="Host and process that ran it."
     )
     error = models.TextField(blank=True, default="", help_text="Error text with traceback.")
+    task_id = models.CharField(
+        max_length=255,
+        blank=True,
+        default="",
+        help_text="Celery task id of the message that started the run (empty: CLI or manager).",
+    )
 
     class Meta:
         ordering = ["-started_at", "-id"]

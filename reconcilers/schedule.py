@@ -1,7 +1,8 @@
 """Config rows and django-celery-beat rows for every controller: created, kept in sync, repaired.
 
-One PeriodicTask per controller (design.md §4.3), each with its own IntervalSchedule: a schedule shared
-with another task is never edited in place (that would silently retime the other task).
+One PeriodicTask per controller (design.md §4.3), each with its own IntervalSchedule or
+CrontabSchedule, whichever its config names: a schedule shared with another task is never edited in
+place (that would silently retime the other task).
 Runs at `post_migrate` (rows exist right after `migrate`), at beat start (repairs rows
 edited by hand), and from `config_update` inside its transaction.
 """
@@ -11,15 +12,17 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
+from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import transaction
-from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
+from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask, PeriodicTasks
 
 from reconcilers.models import GlobalPause, ReconcilerConfig
 from reconcilers.registry import controller_get, controller_names
 from reconcilers.runtime.config import EffectiveConfig, config_defaults, config_from_row
 from reconcilers.runtime.contract import Controller
+from reconcilers.runtime.cron import Crontab
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,9 @@ def periodic_task_sync(config: EffectiveConfig) -> PeriodicTask | None:
         "task": task_name(config.controller),
         "queue": settings.RECONCILERS_QUEUE,
         "enabled": config.enabled,
-        "expire_seconds": config.period_seconds,  # a backlog never replays as a burst
+        # A backlog never replays as a burst: a message expires after the shortest period
+        # ahead (the interval, or a crontab's shortest gap between two due times).
+        "expire_seconds": config.shortest_period_seconds,
         "args": "[]",
         "kwargs": "{}",
         "headers": "{}",
@@ -72,7 +77,7 @@ def periodic_task_sync(config: EffectiveConfig) -> PeriodicTask | None:
         "description": PERIODIC_TASK_DESCRIPTION,
     }
     task = (
-        PeriodicTask.objects.select_related("interval")
+        PeriodicTask.objects.select_related("interval", "crontab")
         .filter(name=periodic_task_name(config.controller))
         .first()
     )
@@ -85,39 +90,76 @@ def periodic_task_sync(config: EffectiveConfig) -> PeriodicTask | None:
         ):
             setattr(task, field_name, value)
             changed = True
-    for other in ("crontab", "solar", "clocked", "expires", "start_time"):
+    # Exactly one schedule kind: the one the config names (a hand-set solar, clocked,
+    # expires or start_time is repaired away; the other kind is cleared).
+    for other in ("solar", "clocked", "expires", "start_time", "interval" if config.crontab else "crontab"):
         if getattr(task, other, None):
             setattr(task, other, None)
             changed = True
-    schedule = task.interval if task.interval_id else None
-    if (
-        schedule is None
-        or schedule.every != config.interval_seconds
-        or schedule.period != IntervalSchedule.SECONDS
-    ):
-        shared = (
-            schedule is not None
-            and PeriodicTask.objects.filter(interval=schedule).exclude(pk=task.pk).exists()
-        )
-        if schedule is None or shared:
-            schedule = IntervalSchedule.objects.create(
-                every=config.interval_seconds, period=IntervalSchedule.SECONDS
-            )
-        else:
-            schedule.every = config.interval_seconds
-            schedule.period = IntervalSchedule.SECONDS
-            schedule.save(update_fields=["every", "period"])
-        task.interval = schedule
-        changed = True
+    cron = config.cron
+    if cron is not None:
+        changed = _crontab_attach(task, cron) or changed
+    else:
+        changed = _interval_attach(task, config.interval_seconds) or changed
     if changed:
         task.save()
         log.info(
-            "%s: beat schedule synced (every %ss, enabled=%s)",
+            "%s: beat schedule synced (%s, enabled=%s)",
             config.controller,
-            config.interval_seconds,
+            config.schedule_text(),
             config.enabled,
         )
     return task
+
+
+def _shared(task: PeriodicTask, **schedule: object) -> bool:
+    return PeriodicTask.objects.filter(**schedule).exclude(pk=task.pk).exists()
+
+
+def _interval_attach(task: PeriodicTask, every: int) -> bool:
+    """Point `task` at an IntervalSchedule of `every` seconds of its own; True if it changed."""
+    schedule = task.interval if task.interval_id else None
+    if schedule is not None and schedule.every == every and schedule.period == IntervalSchedule.SECONDS:
+        return False
+    if schedule is None or _shared(task, interval=schedule):
+        schedule = IntervalSchedule.objects.create(every=every, period=IntervalSchedule.SECONDS)
+    else:
+        schedule.every = every
+        schedule.period = IntervalSchedule.SECONDS
+        schedule.save(update_fields=["every", "period"])
+    task.interval = schedule
+    return True
+
+
+def _crontab_attach(task: PeriodicTask, cron: Crontab) -> bool:
+    """Point `task` at a CrontabSchedule of its own matching `cron`; True if it changed."""
+    fields = {
+        "minute": cron.minute,
+        "hour": cron.hour,
+        "day_of_month": cron.day_of_month,
+        "month_of_year": cron.month_of_year,
+        "day_of_week": cron.day_of_week,
+    }
+    schedule = task.crontab if task.crontab_id else None
+    if schedule is not None and _crontab_matches(schedule, fields, cron.timezone):
+        return False
+    if schedule is None or _shared(task, crontab=schedule):
+        schedule = CrontabSchedule(**fields, timezone=ZoneInfo(cron.timezone))
+        schedule.save()
+    else:
+        for name, value in fields.items():
+            setattr(schedule, name, value)
+        schedule.timezone = ZoneInfo(cron.timezone)
+        schedule.save()
+    task.crontab = schedule
+    return True
+
+
+def _crontab_matches(schedule: CrontabSchedule, fields: dict[str, str], zone: str) -> bool:
+    return (
+        all(getattr(schedule, name) == value for name, value in fields.items())
+        and str(schedule.timezone) == zone
+    )
 
 
 def schedule_sync(names: Iterable[str] | None = None) -> None:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import F, Max, Window
-from django.db.models.functions import RowNumber
+from django.db.models import Count, F, Max, Q, Sum, Window
+from django.db.models.functions import RowNumber, TruncHour
 
 from controlplane.common.db import db_now
 from reconcilers.models import ReconcilerConfig, ReconcilerState, ReconcileRun, RunOutcome
@@ -164,7 +164,7 @@ def controllers_health(*, paused: bool) -> list[ControllerHealth]:
         success_at = successes.get(name)
         anchor = success_at or config.updated_at
         stale = anchor is None or now - anchor > timedelta(
-            seconds=STALE_AFTER_PERIODS * config.period_seconds
+            seconds=STALE_AFTER_PERIODS * config.period_at(now)
         )
         if paused:
             status = "paused"
@@ -182,8 +182,166 @@ def controllers_health(*, paused: bool) -> list[ControllerHealth]:
                 status=status,
                 enabled=config.enabled,
                 dry_run=config.dry_run,
-                interval_seconds=config.interval_seconds,
+                interval_seconds=config.period_at(now),
                 last_success_at=success_at,
+            )
+        )
+    return result
+
+
+# --- the overview: every controller's state at a glance (design.md §7) ---
+
+OVERVIEW_WINDOW_HOURS = 24
+
+
+class ControllerState:
+    """The overview's states, most urgent first: the first that applies is shown."""
+
+    INVALID = "invalid config"  # every run is refused until the row is fixed
+    PAUSED = "paused"
+    DISABLED = "disabled"
+    RUNNING = "running"
+    FAILING = "failing"  # the newest run that did work ended in an error
+    STALE = "stale"  # no success within 3 periods (the /readyz rule)
+    OK = "ok"
+
+
+@dataclass(frozen=True)
+class ControllerOverview:
+    name: str
+    state: str
+    enabled: bool
+    dry_run: bool
+    schedule: str  # "every 30 s" or "cron 0 3 * * * (UTC)"
+    period_seconds: int
+    last_success_at: datetime | None
+    last_success_age_seconds: float | None
+    next_due_at: datetime | None
+    runs_24h: int  # runs that did work or tried to (skips not counted)
+    errors_24h: int
+    items_24h: int
+    items_by_hour: tuple[int, ...]  # OVERVIEW_WINDOW_HOURS buckets, oldest first
+    brake_engaged: bool
+    config_error: str
+    config_row_id: int | None
+    now: datetime
+
+
+def _overview_state(
+    config: EffectiveConfig, *, paused: bool, running: bool, failing: bool, stale: bool
+) -> str:
+    if not config.valid:
+        return ControllerState.INVALID
+    if paused:
+        return ControllerState.PAUSED
+    if not config.enabled:
+        return ControllerState.DISABLED
+    if running:
+        return ControllerState.RUNNING
+    if failing:
+        return ControllerState.FAILING
+    if stale:
+        return ControllerState.STALE
+    return ControllerState.OK
+
+
+def age_text(seconds: float | None) -> str:
+    """A short age for the overview and the admin list: 42 s, 7 min, 3 h, 2 d."""
+    if seconds is None:
+        return "never"
+    seconds = max(seconds, 0.0)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size * (2 if unit != "min" else 1):
+            return f"{int(seconds // size)} {unit}"
+    return f"{int(seconds)} s"
+
+
+def controllers_overview(*, paused: bool) -> list[ControllerOverview]:
+    """One row per registered controller, in registry order, from a fixed number of queries
+    (configs, last successes, running rows, newest finished run, 24 h totals, 24 h by hour)
+    whatever the number of controllers or runs."""
+    configs = configs_effective()
+    names = list(configs)
+    now = db_now()
+    since = now - timedelta(hours=OVERVIEW_WINDOW_HOURS)
+    successes = last_success_at(names)
+    running = set(
+        ReconcileRun.objects.filter(controller__in=names, outcome=RunOutcome.RUNNING)
+        .values_list("controller", flat=True)
+        .distinct()
+    )
+    finished = {
+        run.controller: run
+        for run in ReconcileRun.objects.filter(
+            controller__in=names, outcome__in=[RunOutcome.SUCCESS, RunOutcome.ERROR]
+        )
+        .only("controller", "started_at", "outcome", "flags", "dry_run")
+        .annotate(rank=_rank_newest_first())
+        .filter(rank=1)
+    }
+    newest_start = {
+        row["controller"]: row["last"]
+        for row in ReconcileRun.objects.filter(controller__in=names)
+        .values("controller")
+        .annotate(last=Max("started_at"))
+    }
+    worked = ReconcileRun.objects.filter(controller__in=names, started_at__gte=since).exclude(
+        outcome=RunOutcome.SKIPPED
+    )
+    totals = {
+        row["controller"]: row
+        for row in worked.values("controller").annotate(
+            runs=Count("id"),
+            errors=Count("id", filter=Q(outcome=RunOutcome.ERROR)),
+            items=Sum("items"),
+        )
+    }
+    by_hour: dict[str, list[int]] = defaultdict(lambda: [0] * OVERVIEW_WINDOW_HOURS)
+    for row in (
+        worked.annotate(hour=TruncHour("started_at"))
+        .values("controller", "hour")
+        .annotate(items=Sum("items"))
+    ):
+        index = int((row["hour"] - since).total_seconds() // 3600)
+        index = min(max(index, 0), OVERVIEW_WINDOW_HOURS - 1)
+        by_hour[row["controller"]][index] += int(row["items"] or 0)
+    result = []
+    for name, config in configs.items():
+        success_at = successes.get(name)
+        period = config.period_at(now)
+        anchor = success_at or config.updated_at
+        stale = anchor is None or now - anchor > timedelta(seconds=STALE_AFTER_PERIODS * period)
+        last_finished = finished.get(name)
+        failing = last_finished is not None and last_finished.outcome == RunOutcome.ERROR
+        if config.cron is not None:
+            next_due = config.next_due_after(now)
+        else:
+            started = newest_start.get(name)
+            next_due = started + timedelta(seconds=config.interval_seconds) if started else None
+        total = totals.get(name, {})
+        result.append(
+            ControllerOverview(
+                name=name,
+                state=_overview_state(
+                    config, paused=paused, running=name in running, failing=failing, stale=stale
+                ),
+                enabled=config.enabled,
+                dry_run=config.dry_run,
+                schedule=config.schedule_text(),
+                period_seconds=period,
+                last_success_at=success_at,
+                last_success_age_seconds=(now - success_at).total_seconds() if success_at else None,
+                next_due_at=next_due,
+                runs_24h=int(total.get("runs") or 0),
+                errors_24h=int(total.get("errors") or 0),
+                items_24h=int(total.get("items") or 0),
+                items_by_hour=tuple(by_hour[name]),
+                brake_engaged=bool(
+                    last_finished is not None and (last_finished.flags or {}).get("brake_engaged")
+                ),
+                config_error=config.error,
+                config_row_id=config.row_id,
+                now=now,
             )
         )
     return result

@@ -9,15 +9,20 @@ is refused here, since neither controller may know the other (design.md §2, §5
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F
+from django.utils import timezone as django_timezone
 from django_celery_beat.models import PeriodicTasks
 from pydantic import ValidationError
 
 from controlplane.audit.services import audit_record
+from controlplane.celery import app as celery_app
 from controlplane.commands.priority import QueuePriorityPolicy
 from controlplane.commands.retries import MAX_RETRIES_DEFAULT
 from controlplane.common.db import db_now
@@ -33,10 +38,12 @@ from reconcilers.runtime.config import (
     run_timeout_conflict,
 )
 from reconcilers.runtime.contract import Controller, ControllerParams
+from reconcilers.runtime.cron import CrontabError, crontab_parse
 from reconcilers.runtime.metrics import Metrics
 from reconcilers.runtime.runner import run
 from reconcilers.runtime.summary import RunSummary
 from reconcilers.schedule import config_ensure, periodic_task_sync
+from reconcilers.schedule import task_name as reconcile_task_name
 from reconcilers.selectors import config_of
 
 log = logging.getLogger(__name__)
@@ -44,7 +51,16 @@ log = logging.getLogger(__name__)
 # Allowed ranges (design.md §6), in seconds.
 INTERVAL_SECONDS_RANGE = (1, 604800)
 RUN_TIMEOUT_SECONDS_RANGE = (1, 86400)
-CONFIG_FIELDS = ("enabled", "interval_seconds", "dry_run", "run_timeout_seconds", "params")
+CONFIG_FIELDS = (
+    "enabled",
+    "interval_seconds",
+    "crontab",
+    "timezone",
+    "dry_run",
+    "run_timeout_seconds",
+    "params",
+)
+SCHEDULE_FIELDS = ("interval_seconds", "crontab", "timezone", "run_timeout_seconds")
 
 
 class ConfigValidationError(ValueError):
@@ -108,6 +124,10 @@ def config_validate(
             clean[field] = _int_in_range(field, value, RUN_TIMEOUT_SECONDS_RANGE)
         elif field in ("enabled", "dry_run"):
             clean[field] = _boolean(field, value)
+        elif field in ("crontab", "timezone"):
+            if not isinstance(value, str):
+                raise ConfigValidationError(field, f"must be a string, got {value!r}")
+            clean[field] = " ".join(value.split()) if field == "crontab" else value.strip()
         elif field == "params":
             if not isinstance(value, Mapping):
                 raise ConfigValidationError("params", "must be a JSON object")
@@ -117,14 +137,38 @@ def config_validate(
             dumped = params.model_dump(mode="json")
             clean[field] = {key: dumped[key] for key in merged}
     after = {**current, **clean}
-    if {"interval_seconds", "run_timeout_seconds"} & set(clean):
-        conflict = run_timeout_conflict(after["run_timeout_seconds"], after["interval_seconds"])
+    period = after["interval_seconds"]
+    if {"crontab", "timezone"} & set(clean) and after["crontab"]:
+        try:
+            cron = crontab_parse(after["crontab"], after["timezone"] or "UTC")
+        except CrontabError as exc:
+            field = "timezone" if "time zone" in str(exc) else "crontab"
+            raise ConfigValidationError(field, str(exc)) from None
+        period = cron.shortest_gap_seconds(django_timezone.now())
+    elif after["crontab"]:
+        period = _crontab_shortest_period(after["crontab"], after["timezone"], period)
+    if "timezone" in clean and not after["crontab"]:
+        try:
+            crontab_parse("* * * * *", after["timezone"])
+        except CrontabError as exc:
+            raise ConfigValidationError("timezone", str(exc)) from None
+    if set(SCHEDULE_FIELDS) & set(clean):
+        conflict = run_timeout_conflict(after["run_timeout_seconds"], period)
         if conflict:
-            field = "run_timeout_seconds" if "run_timeout_seconds" in clean else "interval_seconds"
-            raise ConfigValidationError(field, f"refused: {conflict}")
+            moved = [
+                field for field in ("run_timeout_seconds", "crontab", "interval_seconds") if field in clean
+            ]
+            raise ConfigValidationError((moved or ["run_timeout_seconds"])[0], f"refused: {conflict}")
     if params is not None and name in FAIRNESS_FIELDS:
         _fairness_check(name, params, changes["params"])
     return clean
+
+
+def _crontab_shortest_period(crontab: str, zone: str, fallback: int) -> int:
+    try:
+        return crontab_parse(crontab, zone or "UTC").shortest_gap_seconds(django_timezone.now())
+    except CrontabError:  # a stored bad crontab: the row is invalid and reported as such
+        return fallback
 
 
 def _params_validate(controller: Controller, raw: Mapping[str, Any]) -> ControllerParams:
@@ -185,6 +229,7 @@ def run_controller(
     ignore_brake: bool = False,
     trigger: str = "manual",
     metrics_sink: Metrics | None = None,
+    task_id: str = "",
 ) -> RunSummary:
     """Run one reconcile of the controller called `name` through the runtime (design.md §4).
 
@@ -198,6 +243,91 @@ def run_controller(
         ignore_brake=ignore_brake,
         trigger=trigger,
         metrics_sink=metrics_sink,
+        task_id=task_id,
+    )
+
+
+WORKER_PING_TIMEOUT_SECONDS = 1.0  # an operator waits this long at most to learn no worker is up
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What an operator's run request did: sent to a worker (`task_id`), ran here (`summary`),
+    or nothing (`no_worker`: no worker answered, `detail` says why)."""
+
+    controller: str
+    sent: bool = False
+    task_id: str = ""
+    summary: RunSummary | None = None
+    detail: str = ""
+
+
+def workers_answering(timeout: float = WORKER_PING_TIMEOUT_SECONDS) -> list[str]:
+    """Names of the Celery workers that answer a control ping within `timeout` seconds
+    (empty when none does, or the broker cannot be reached)."""
+    try:
+        replies = celery_app.control.ping(timeout=timeout) or []
+    except Exception as exc:  # a broker outage: no worker can be reached either
+        log.warning("worker ping failed: %s", exc)
+        return []
+    return sorted(name for reply in replies for name in reply)
+
+
+def run_request(
+    name: str,
+    *,
+    actor: str,
+    dry_run: bool | None = None,
+    ignore_brake: bool = False,
+) -> RunRequest:
+    """An operator's forced run of `name` (Run now, Dry-run now, the brake override;
+    design.md §7), audited as `reconciler.run.requested`.
+
+    With RECONCILERS_ADMIN_RUNS=celery (the default) the controller's task is sent to a
+    worker, so the run takes the same lock, fence and guards as a scheduled one and never
+    runs inside the web request; the audit row and the message carry the same task id, and
+    so does the run row the worker writes. When no worker answers a ping within 1 s,
+    nothing is sent or audited. With `inprocess` (runcontrollers installs, no broker) the
+    run happens here. The caller checks the permission. Raises UnknownControllerError.
+    """
+    controller = controller_get(name)
+    options = {"dry_run": dry_run, "force": True, "ignore_brake": ignore_brake}
+    if settings.RECONCILERS_ADMIN_RUNS == "inprocess":
+        with transaction.atomic():
+            _audit_run_request(controller.name, actor, options, task_id="", via="inprocess")
+        summary = run(controller, dry_run=dry_run, force=True, ignore_brake=ignore_brake, trigger="admin")
+        return RunRequest(controller=controller.name, summary=summary)
+    workers = workers_answering()
+    if not workers:
+        return RunRequest(
+            controller=controller.name,
+            detail=(
+                f"no Celery worker answered a ping within {WORKER_PING_TIMEOUT_SECONDS:g} s: "
+                "nothing was sent. "
+                f"Start one (celery -A controlplane worker -Q {settings.RECONCILERS_QUEUE},celery) or run "
+                f"`manage.py reconcile {controller.name} --force`."
+            ),
+        )
+    task_id = str(uuid.uuid4())
+    with transaction.atomic():  # a message that cannot be sent leaves no audit row behind
+        _audit_run_request(controller.name, actor, options, task_id=task_id, via="celery")
+        celery_app.send_task(
+            reconcile_task_name(controller.name),
+            kwargs={**options, "trigger": "admin"},
+            task_id=task_id,
+            queue=settings.RECONCILERS_QUEUE,
+        )
+    log.info("%s: run requested by %s, sent as task %s", controller.name, actor, task_id)
+    return RunRequest(controller=controller.name, sent=True, task_id=task_id)
+
+
+def _audit_run_request(name: str, actor: str, options: Mapping[str, Any], *, task_id: str, via: str) -> None:
+    audit_record(
+        actor=actor,
+        action="reconciler.run.requested",
+        resource_type="reconciler",
+        resource_id=name,
+        details={**options, "task_id": task_id, "via": via},
     )
 
 

@@ -16,18 +16,29 @@ from reconcilers.registry import controller_get, controller_names
 from reconcilers.schedule import task_name
 from reconcilers.services import run_controller
 
+TRIGGERS = ("celery", "admin")  # what a message may name as its origin (logged with the run)
+
 
 def _task_for(controller: str) -> Any:
     def reconcile(
-        dry_run: bool | None = None, force: bool = False, ignore_brake: bool = False
+        self: Task,
+        dry_run: bool | None = None,
+        force: bool = False,
+        ignore_brake: bool = False,
+        trigger: str = "celery",
     ) -> dict[str, Any]:
         return run_controller(
-            controller, dry_run=dry_run, force=force, ignore_brake=ignore_brake, trigger="celery"
+            controller,
+            dry_run=dry_run,
+            force=force,
+            ignore_brake=ignore_brake,
+            trigger=trigger if trigger in TRIGGERS else "celery",
+            task_id=str(self.request.id or ""),
         ).as_dict()
 
     reconcile.__name__ = reconcile.__qualname__ = f"reconcile_{controller.replace('-', '_')}"
     reconcile.__doc__ = f"Run one reconcile of {controller} through the runner."
-    return app.task(name=task_name(controller), ignore_result=False, acks_late=False)(reconcile)
+    return app.task(name=task_name(controller), ignore_result=False, acks_late=False, bind=True)(reconcile)
 
 
 def tasks_register() -> dict[str, Task]:

@@ -17,10 +17,12 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.utils import timezone as django_timezone
 from pydantic import ValidationError
 
 from reconcilers.models import GlobalPause, ReconcilerConfig
 from reconcilers.runtime.contract import Controller, ControllerParams
+from reconcilers.runtime.cron import Crontab, CrontabError, crontab_parse
 
 RUN_TIMEOUT_CAP_SECONDS = 3600  # the default run timeout is min(interval, this)
 
@@ -46,6 +48,8 @@ class EffectiveConfig:
     version: int | None = None
     updated_at: datetime | None = None
     conflicts: tuple[str, ...] = ()
+    crontab: str = ""  # empty: the schedule is interval_seconds
+    timezone: str = "UTC"
 
     @property
     def configured(self) -> bool:
@@ -56,10 +60,45 @@ class EffectiveConfig:
         return self.params is not None
 
     @property
+    def cron(self) -> Crontab | None:
+        """The parsed crontab, or None on an interval schedule (or a stored crontab that fails
+        to parse: the config is then invalid and every run refused, design.md §4.2)."""
+        if not self.crontab:
+            return None
+        try:
+            return crontab_parse(self.crontab, self.timezone)
+        except CrontabError:
+            return None
+
+    def period_at(self, at: datetime) -> int:
+        """Seconds between the due time of a run started at `at` and the due time before it:
+        what the too-soon guard, staleness and the interval gauge measure against. The
+        interval on an interval schedule; on a crontab it depends on the day (design.md §4.3)."""
+        cron = self.cron
+        return cron.period_seconds_at(at) if cron is not None else self.interval_seconds
+
+    @property
     def period_seconds(self) -> int:
-        """Seconds between two due runs: what the too-soon guard, staleness and message
-        expiry measure against."""
-        return self.interval_seconds
+        """The period of a run starting now (this process's clock)."""
+        return self.period_at(django_timezone.now())
+
+    @property
+    def shortest_period_seconds(self) -> int:
+        """The shortest period ahead: what a run timeout must fit in and how long a message
+        may wait (expiry) without replaying a backlog as a burst."""
+        cron = self.cron
+        return cron.shortest_gap_seconds(django_timezone.now()) if cron is not None else self.interval_seconds
+
+    def next_due_after(self, at: datetime) -> datetime | None:
+        """The next due time of a crontab after `at` (None on an interval schedule: the next
+        tick depends on when beat last sent one)."""
+        cron = self.cron
+        return cron.next_fire(at) if cron is not None else None
+
+    def schedule_text(self) -> str:
+        return (
+            f"cron {self.crontab} ({self.timezone})" if self.crontab else f"every {self.interval_seconds} s"
+        )
 
 
 def config_defaults(controller: Controller) -> dict[str, Any]:
@@ -69,6 +108,8 @@ def config_defaults(controller: Controller) -> dict[str, Any]:
     return {
         "enabled": True,
         "interval_seconds": interval,
+        "crontab": "",
+        "timezone": "UTC",
         "dry_run": False,
         "run_timeout_seconds": min(interval, RUN_TIMEOUT_CAP_SECONDS),
         "params": {},
@@ -110,7 +151,14 @@ def config_from_row(controller: Controller, row: ReconcilerConfig | None) -> Eff
             params = controller.validate_params(row.params)
         except ValidationError as exc:
             error = params_error_text(exc)
-    conflict = run_timeout_conflict(row.run_timeout_seconds, row.interval_seconds)
+    crontab, zone = row.crontab or "", row.timezone or "UTC"
+    if crontab and not error:
+        try:
+            crontab_parse(crontab, zone)
+        except CrontabError as exc:  # only a hand edit stores one: refused like bad params
+            params, error = None, f"crontab: {exc}"
+    period = _shortest_period(crontab, zone, row.interval_seconds)
+    conflict = run_timeout_conflict(row.run_timeout_seconds, period)
     return EffectiveConfig(
         controller=controller.name,
         enabled=row.enabled,
@@ -123,7 +171,18 @@ def config_from_row(controller: Controller, row: ReconcilerConfig | None) -> Eff
         version=row.version,
         updated_at=row.updated_at,
         conflicts=(conflict,) if conflict else (),
+        crontab=crontab,
+        timezone=zone,
     )
+
+
+def _shortest_period(crontab: str, zone: str, interval_seconds: int) -> int:
+    if not crontab:
+        return interval_seconds
+    try:
+        return crontab_parse(crontab, zone).shortest_gap_seconds(django_timezone.now())
+    except CrontabError:
+        return interval_seconds
 
 
 def config_effective(controller: Controller) -> EffectiveConfig:

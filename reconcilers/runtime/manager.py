@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 
 from django.db import connection
+from django.utils import timezone as django_timezone
 
 from reconcilers.runtime.config import config_effective
 from reconcilers.runtime.contract import Controller
@@ -107,7 +108,15 @@ class Manager:
 
     def _next_wait(self, controller: Controller) -> float:
         try:
-            interval = float(config_effective(controller).period_seconds)
+            config = config_effective(controller)
+            now = django_timezone.now()
+            due = config.next_due_after(now)
+            if due is not None:
+                # A crontab: sleep until its next due time (never early, so the too-soon guard,
+                # measured on the same crontab, lets it run), plus a little jitter.
+                wait = (due - now).total_seconds()
+                return wait + random.uniform(0, min(self._jitter_fraction * wait, 5.0))
+            interval = float(config.period_seconds)
         except Exception:
             log.exception("%s: cannot read its interval, using the default", controller.name)
             interval = float(controller.default_interval_seconds)

@@ -61,6 +61,7 @@ def run(
     ignore_brake: bool = False,
     trigger: str = "manual",
     metrics_sink: Metrics | None = None,
+    task_id: str = "",
 ) -> RunSummary:
     """Run one reconcile of `controller` through the full runtime and record it.
 
@@ -70,6 +71,7 @@ def run(
     """
     sink = metrics_sink or metrics()
     one = _Run(controller, sink, dry_run, force, ignore_brake, trigger, time.monotonic())
+    one.task_id = task_id[:255]  # the Celery message's id, kept on the run row
     try:
         return one.execute()
     except Exception as exc:  # the database failed outside the reconcile itself
@@ -98,6 +100,7 @@ class _Run:
         self.trigger = trigger
         self.started = started
         self.host = worker_host()
+        self.task_id = ""
         self.clock: datetime | None = None  # the last database time this run read
         self.row_id: int | None = None  # the history row, once the run holds its grant
         self.grant: Grant | None = None
@@ -156,7 +159,7 @@ class _Run:
         self.abandon_older(grant)
         claimed = False
         if not dry_run:
-            claimed = self.anchor_claim(fence, started_at, config.period_seconds)
+            claimed = self.anchor_claim(fence, started_at, config.period_at(started_at))
             if not claimed:
                 if fence_current(self.name) != fence:
                     return self.fail(LockLostError("newer grant before start"), "", dry_run)
@@ -215,6 +218,7 @@ class _Run:
             forced=self.force,
             fence=fence,
             worker_host=self.host,
+            task_id=self.task_id,
         )
 
     def anchor_claim(self, fence: int, started_at: datetime, period_seconds: int) -> bool:
@@ -354,6 +358,7 @@ class _Run:
             "fence": summary.fence,
             "worker_host": self.host,
             "error": summary.error_text,
+            "task_id": self.task_id,
         }
         if self.row_id is not None and ReconcileRun.objects.filter(pk=self.row_id).update(**values):
             return ReconcileRun(pk=self.row_id, **values)

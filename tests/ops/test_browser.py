@@ -62,7 +62,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
 
 def test_tune_a_controller_dry_run_it_and_see_the_run(
-    browser: Any, live_server: Any, transactional_db: Any, redis_client: Any
+    browser: Any, live_server: Any, transactional_db: Any, redis_client: Any, settings: Any
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -70,6 +70,9 @@ def test_tune_a_controller_dry_run_it_and_see_the_run(
 
     if CONTROLLER not in controller_names():
         pytest.skip(f"{CONTROLLER} is not registered")
+    # The live server runs in this process: runs from the admin run here (the Celery path and a
+    # real worker are in tests/ops/test_browser_demo.py).
+    settings.RECONCILERS_ADMIN_RUNS = "inprocess"
     wait = WebDriverWait(browser, WAIT_SECONDS)
     User.objects.create_superuser("browser-admin", "b@example.com", "browser-pass-1234")
     config = ReconcilerConfig.objects.get(controller=CONTROLLER)

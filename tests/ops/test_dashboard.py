@@ -126,12 +126,15 @@ def test_queries_do_not_grow_with_history(admin_client: Client, controller_names
         assert admin_client.get(URL).status_code == 200
     assert len(large) == len(small)
     run_queries = [q["sql"] for q in large if "reconcilers_reconcilerun" in q["sql"]]
-    assert len(run_queries) == 2  # recent runs of all controllers + last dry runs
+    # Panels: recent runs of all controllers + last dry runs. Overview: last successes, running
+    # rows, newest finished run, 24 h totals, 24 h by hour, newest start.
+    assert len(run_queries) == 8
 
 
 def test_dry_run_now_runs_through_the_runner(
-    admin_client: Client, controller_names: list[str], redis_client: Any
+    admin_client: Client, controller_names: list[str], redis_client: Any, settings: Any
 ) -> None:
+    settings.RECONCILERS_ADMIN_RUNS = "inprocess"  # the Celery path: tests/runtime/test_admin_runs.py
     name = controller_names[-1]
     response = admin_client.post(reverse("reconcilers-dashboard-dry-run", args=[name]), follow=True)
     assert response.status_code == 200
@@ -176,11 +179,102 @@ def test_chart_escapes_and_scales(db: Any) -> None:
 
 
 def test_dry_run_now_behaves_like_the_admin_action_past_pause_and_disabled(
-    admin_client: Client, controller_names: list[str], redis_client: Any
+    admin_client: Client, controller_names: list[str], redis_client: Any, settings: Any
 ) -> None:
+    settings.RECONCILERS_ADMIN_RUNS = "inprocess"
     name = controller_names[-1]
     GlobalPause.objects.update_or_create(pk=1, defaults={"paused": True})
     ReconcilerConfig.objects.filter(controller=name).update(enabled=False)
     admin_client.post(reverse("reconcilers-dashboard-dry-run", args=[name]))
     run = ReconcileRun.objects.get(controller=name)
     assert (run.outcome, run.dry_run, run.forced) == (RunOutcome.SUCCESS, True, True), run.error
+
+
+# --- the overview table ---
+
+
+def _overview_states(html: str) -> dict[str, str]:
+    return dict(re.findall(r'id="overview-([a-z0-9-]+)" data-state="([a-z ]+)"', html))
+
+
+def _success(
+    name: str, *, minutes_ago: float = 1, items: int = 0, flags: dict[str, Any] | None = None
+) -> None:
+    at = db_now() - timedelta(minutes=minutes_ago)
+    ReconcileRun.objects.create(
+        controller=name,
+        started_at=at,
+        finished_at=at,
+        outcome=RunOutcome.SUCCESS,
+        items=items,
+        flags=flags or {},
+        worker_host="w:1",
+    )
+
+
+def test_overview_shows_each_state_as_text(admin_client: Client, controller_names: list[str]) -> None:
+    if len(controller_names) < 5:
+        pytest.skip("needs the five controllers")
+    ok, running, failing, disabled, invalid = controller_names[:5]
+    for name in controller_names:
+        _success(name, minutes_ago=0.5)
+    ReconcileRun.objects.create(controller=running, started_at=db_now(), outcome=RunOutcome.RUNNING, fence=9)
+    ReconcileRun.objects.create(
+        controller=failing, started_at=db_now(), finished_at=db_now(), outcome="error", reason="exception"
+    )
+    ReconcileRun.objects.create(  # a skip after the error does not hide it
+        controller=failing, started_at=db_now(), finished_at=db_now(), outcome="skipped", reason="too_soon"
+    )
+    ReconcilerConfig.objects.filter(controller=disabled).update(enabled=False)
+    ReconcilerConfig.objects.filter(controller=invalid).update(params={"no_such_param": 1})
+    html = admin_client.get(URL).content.decode()
+    states = _overview_states(html)
+    assert states == {
+        ok: "ok",
+        running: "running",
+        failing: "failing",
+        disabled: "disabled",
+        invalid: "invalid config",
+    }
+    row = html.split(f'id="overview-{ok}"', 1)[1].split("</tr>", 1)[0]
+    assert "\u2714 ok" in row  # a symbol beside the word: readable without colour
+    assert f'href="#controller-{ok}"' in row  # links to its panel
+    assert "/change/" in row  # and to its config
+    assert '<meta http-equiv="refresh"' in html
+
+    GlobalPause.objects.update_or_create(pk=1, defaults={"paused": True})
+    states = _overview_states(admin_client.get(URL).content.decode())
+    assert states[invalid] == "invalid config"
+    assert {states[name] for name in controller_names if name != invalid} == {"paused"}
+
+
+def test_overview_stale_counts_and_brake(admin_client: Client, controller_names: list[str]) -> None:
+    name = controller_names[0]
+    interval = ReconcilerConfig.objects.get(controller=name).interval_seconds
+    ReconcilerConfig.objects.filter(controller=name).update(updated_at=db_now() - timedelta(days=30))
+    _success(name, minutes_ago=4 * interval / 60 + 1, items=5, flags={"brake_engaged": True})
+    _success(name, minutes_ago=60 * 30, items=1000)  # outside the 24 h window
+    ReconcileRun.objects.create(
+        controller=name, started_at=db_now(), finished_at=db_now(), outcome="skipped", reason="locked"
+    )
+    html = admin_client.get(URL).content.decode()
+    assert _overview_states(html)[name] == "stale"
+    row = html.split(f'id="overview-{name}"', 1)[1].split("</tr>", 1)[0]
+    assert '<td class="rc-runs-24h">1</td>' in row  # the skip is not a run
+    assert '<td class="rc-errors-24h">0</td>' in row
+    assert '<span class="rc-items-24h">5</span>' in row
+    assert "ENGAGED" in row
+    assert "items per hour over 24 h, peak 5" in row
+
+
+def test_admin_list_shows_state_and_last_success(admin_client: Client, controller_names: list[str]) -> None:
+    name = controller_names[0]
+    ReconcileRun.objects.create(  # the newest row is a skip: the list still says ok
+        controller=name, started_at=db_now(), finished_at=db_now(), outcome="skipped", reason="too_soon"
+    )
+    _success(name, minutes_ago=0.2)
+    html = admin_client.get(reverse("admin:reconcilers_reconcilerconfig_changelist")).content.decode()
+    row = html.split(f">{name}</a>", 1)[1].split("</tr>", 1)[0]
+    assert '<td class="field-state">ok</td>' in row
+    assert " ago)" in row
+    assert "too_soon" not in row

@@ -24,7 +24,9 @@ class Command(BaseCommand):
                 (
                     name + ("" if config.configured else " (defaults)"),
                     "yes" if config.enabled else "no",
-                    f"{config.interval_seconds}s",
+                    f"cron {config.crontab} ({config.timezone})"
+                    if config.crontab
+                    else f"{config.interval_seconds}s",
                     "yes" if config.dry_run else "no",
                     run.started_at.strftime("%Y-%m-%d %H:%M:%S") if run else "never",
                     outcome,
