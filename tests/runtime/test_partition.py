@@ -35,6 +35,9 @@ ROWS = 1000
 # executed and uncommitted (its row locks held by the orphaned session).
 FENCE_CHECK = b'SET "fence" = "reconcilers_reconcilerstate"."fence"'
 TAKEOVER_POLL_SECONDS = 0.2
+# Scheduling on a loaded 2-core machine: the holder's renewal thread may renew a little after
+# it checked the bound, and each attempt of the successor takes a few round trips.
+TAKEOVER_SLACK_SECONDS = 1.0
 
 
 @pytest.fixture
@@ -132,7 +135,7 @@ def test_a_holder_cut_off_from_the_database_is_taken_over_within_ttl_plus_the_bo
         f" {(taken.finished_at - taken.started_at).total_seconds():.2f}s; the holder ended"
         f" {holder_end_seconds:.2f}s after the heal"
     )
-    assert takeover_seconds <= TTL_SECONDS + bound + TAKEOVER_POLL_SECONDS + 0.3
+    assert takeover_seconds <= TTL_SECONDS + bound + TAKEOVER_POLL_SECONDS + TAKEOVER_SLACK_SECONDS
     # Not before the bound: a holder that is merely slow keeps its lock.
     assert takeover_seconds > bound - TTL_SECONDS / 3
     # Every earlier attempt was a `locked` skip: none was blocked, none failed.
