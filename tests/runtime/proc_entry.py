@@ -34,11 +34,17 @@ def main(argv: list[str]) -> int:
             print(json.dumps(summary.as_dict()), flush=True)
             return 0
         if mode == "takeover":
-            # Forced runs every <period> s (as ticks would, past the stuck holder's anchor)
-            # until one succeeds or <deadline> s pass; one JSON line per run.
+            # Ready, then once another process's run of <name> is running: forced runs every
+            # <period> s (as ticks would, past that holder's anchor) until one succeeds or
+            # <deadline> s pass; one JSON line per run.
+            from reconcilers.models import ReconcileRun, RunOutcome
             from reconcilers.services import run_controller
 
             period, deadline = float(rest[1]), time.monotonic() + float(rest[2])
+            print("ready", flush=True)
+            running = ReconcileRun.objects.filter(controller=rest[0], outcome=RunOutcome.RUNNING)
+            while not running.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
             while time.monotonic() < deadline:
                 summary = run_controller(rest[0], force=True, trigger="test")
                 print(json.dumps({**summary.as_dict(), "at": time.time()}), flush=True)
