@@ -1,8 +1,9 @@
 """The runner: one reconcile of one controller, with every cross-cutting concern in one place.
 
-Order (design.md §4): config -> global pause -> disabled -> invalid config -> lock ->
-fencing token and database clock -> close abandoned runs -> too-soon claim -> running row ->
-reconcile (each batch updates the row) -> record the end -> metrics -> release -> prune.
+Order (design.md §4): config -> global pause -> disabled -> invalid config -> lock (renewed
+while the run shows progress, liveness.py) -> the session's timeouts -> fencing token and
+database clock -> close abandoned runs -> too-soon claim -> running row -> reconcile (each
+batch updates the row) -> record the end -> metrics -> timeouts reset -> release -> prune.
 The runner is handed a Controller and knows no registry: the reconciler app's
 `run_controller(name)` resolves a name, and Celery tasks, the CLI, the admin and the
 in-process manager all go through it.
