@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from environs import Env, EnvError
+from environs import Env, EnvError, validate
 
 from controlplane.common.redis import (
     broker_transport_options,
@@ -51,6 +51,30 @@ DEFAULT_SQLITE_PATH = VAR_DIR / "controlplane.sqlite3"
 _database: dict[str, Any] = _read(
     "DATABASE_URL", env.dj_db_url, f"sqlite:///{DEFAULT_SQLITE_PATH}", conn_max_age=60
 )
+# --- PostgreSQL connection liveness (libpq options) ---------------------------------------
+# A black-holed socket (a partition, a dead host) must error instead of hanging for the
+# kernel's retransmission timeouts (many minutes): keepalives find a silent peer while a
+# statement waits, tcp_user_timeout drops a connection whose sent data stays unacked.
+# Defaults detect a dead peer in about 25 s, below the lock TTL's multiples (design.md §4.4).
+# Read whatever the database, so a malformed value always stops start-up; applied to
+# PostgreSQL only. (validate.Range raises; a validate lambda returning False would be
+# silently ignored by environs.)
+DATABASE_LIVENESS_OPTIONS: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": _read(
+        "DATABASE_KEEPALIVES_IDLE_SECONDS", env.int, 10, validate=validate.Range(min=1, max=3600)
+    ),
+    "keepalives_interval": _read(
+        "DATABASE_KEEPALIVES_INTERVAL_SECONDS", env.int, 5, validate=validate.Range(min=1, max=3600)
+    ),
+    "keepalives_count": _read(
+        "DATABASE_KEEPALIVES_COUNT", env.int, 3, validate=validate.Range(min=1, max=100)
+    ),
+    # libpq takes milliseconds; 0 leaves the kernel's default (off)
+    "tcp_user_timeout": 1000
+    * _read("DATABASE_TCP_USER_TIMEOUT_SECONDS", env.int, 20, validate=validate.Range(min=0, max=3600)),
+}
+# --- end of PostgreSQL connection liveness ------------------------------------------------
 if not _database.get("ENGINE"):
     raise ImproperlyConfigured("DATABASE_URL is malformed: unknown database scheme")
 if _database["ENGINE"] == "django.db.backends.sqlite3":
@@ -75,6 +99,10 @@ elif _database["ENGINE"] in (
 ):
     _database["CONN_HEALTH_CHECKS"] = True
     _database.setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+    # PostgreSQL connection liveness: the options read above (a value in DATABASE_URL's
+    # query string wins over them)
+    for _option, _value in DATABASE_LIVENESS_OPTIONS.items():
+        _database["OPTIONS"].setdefault(_option, _value)
 DATABASES = {"default": _database}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -17,11 +17,8 @@ from django.db import connection, transaction
 from reconcilers.models import ReconcileRun
 from reconcilers.runtime.contract import Controller, LockLostError, ReconcileResult, RunTimeoutError
 from reconcilers.runtime.fencing import fence_check, fence_current
+from reconcilers.runtime.liveness import Progress, statement_timeout_seconds
 
-# Statement and lock-wait ceilings on PostgreSQL, kept below the lock TTL so a paused
-# holder cannot block a new one indefinitely (threads and libpq waits cannot be
-# interrupted from Python; the server can).
-STATEMENT_TIMEOUT_MARGIN_SECONDS = 1
 LOGGED_IDS_MAX = 50  # affected ids logged per step at DEBUG, so a million-row step stays one line
 
 
@@ -41,6 +38,7 @@ class RunContext:
     lock_lost: threading.Event = field(default_factory=threading.Event)
     started_monotonic: float = field(default_factory=time.monotonic)
     run_id: int | None = None  # the run's history row, kept equal to what has committed
+    progress: Progress | None = None  # stamped at each checkpoint: the run is alive (liveness.py)
     committed: dict[str, int] = field(default_factory=dict)  # per step, in committed batches
     _pending: dict[str, int] | None = field(default=None, repr=False)  # the open batch's tally
 
@@ -101,6 +99,8 @@ class RunContext:
             self.log.debug("%s step=%s ids=%s%s", self.controller, step, shown, more)
 
     def checkpoint(self) -> None:
+        if self.progress is not None:
+            self.progress.stamp()
         if self.lock_lost.is_set():
             raise LockLostError(f"{self.controller}: lock renewal failed")
         if time.monotonic() - self.started_monotonic > self.timeout_seconds:
@@ -113,7 +113,9 @@ class RunContext:
     def _apply_server_timeouts(self) -> None:
         if connection.vendor != "postgresql" or not self.statement_timeout_seconds:
             return
-        millis = max(1000, int((self.statement_timeout_seconds - STATEMENT_TIMEOUT_MARGIN_SECONDS) * 1000))
+        # Kept below the lock TTL so a paused holder cannot block a new one indefinitely
+        # (threads and libpq waits cannot be interrupted from Python; the server can).
+        millis = int(statement_timeout_seconds(self.statement_timeout_seconds) * 1000)
         with connection.cursor() as cursor:
             # set_config(..., true) is SET LOCAL; both in one round trip, once per batch.
             cursor.execute(

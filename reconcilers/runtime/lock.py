@@ -24,6 +24,7 @@ from django.db.models import Q
 from controlplane.common.db import db_now
 from controlplane.common.redis import redis_client
 from reconcilers.models import ReconcilerState
+from reconcilers.runtime.liveness import Progress
 
 log = logging.getLogger(__name__)
 
@@ -192,16 +193,22 @@ def lock_acquire(controller: str, ttl_seconds: float | None = None) -> HeldLock 
 
 
 class LockRenewer:
-    """Renews a held lock every ttl/3 in a daemon thread until stopped.
+    """Renews a held lock every ttl/3 in a daemon thread until stopped, while the run is alive.
 
     A failed renewal (lock taken over, backend down) sets `lost`; the run sees it at its
     next checkpoint and stops with `lock_lost`. The fence check is the real guarantee:
     this only makes a run that lost its lock stop early instead of at its next commit.
+
+    With `progress`, a run that has shown no sign of life for longer than its bound (stuck on
+    a database socket that a partition black-holed) is no longer renewed: the renewer sets
+    `lost` and stops, the key expires within one TTL, and another host takes the controller
+    over instead of skipping as `locked` for as long as the partition lasts (design.md §4.4).
     """
 
-    def __init__(self, held: HeldLock, lost: threading.Event) -> None:
+    def __init__(self, held: HeldLock, lost: threading.Event, progress: Progress | None = None) -> None:
         self.held = held
         self.lost = lost
+        self.progress = progress
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._loop, name=f"lock-renewer-{held.controller}", daemon=True
@@ -220,6 +227,17 @@ class LockRenewer:
         period = self.held.ttl_seconds / RENEWALS_PER_TTL
         try:
             while not self._stop.wait(period):
+                if self.progress is not None and self.progress.stalled():
+                    log.error(
+                        "%s: no database round trip or checkpoint for %.1fs (bound %.1fs): lock renewal "
+                        "stopped, the lock expires within %gs and another host may take over",
+                        self.held.controller,
+                        self.progress.stalled_seconds(),
+                        self.progress.bound_seconds,
+                        self.held.ttl_seconds,
+                    )
+                    self.lost.set()
+                    return
                 try:
                     ok = self.held.renew()
                 except LockUnavailableError as exc:

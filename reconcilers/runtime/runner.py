@@ -1,8 +1,9 @@
 """The runner: one reconcile of one controller, with every cross-cutting concern in one place.
 
-Order (design.md §4): config -> global pause -> disabled -> invalid config -> lock ->
-fencing token and database clock -> close abandoned runs -> too-soon claim -> running row ->
-reconcile (each batch updates the row) -> record the end -> metrics -> release -> prune.
+Order (design.md §4): config -> global pause -> disabled -> invalid config -> lock (renewed
+while the run shows progress, liveness.py) -> the session's timeouts -> fencing token and
+database clock -> close abandoned runs -> too-soon claim -> running row -> reconcile (each
+batch updates the row) -> record the end -> metrics -> timeouts reset -> release -> prune.
 The runner is handed a Controller and knows no registry: the reconciler app's
 `run_controller(name)` resolves a name, and Celery tasks, the CLI, the admin and the
 in-process manager all go through it.
@@ -20,7 +21,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 from django.db.models import Q
 
 from controlplane.common.db import connection_recover, db_now
@@ -35,6 +36,12 @@ from reconcilers.runtime.contract import (
     RunTimeoutError,
 )
 from reconcilers.runtime.fencing import Grant, fence_current, fence_grant
+from reconcilers.runtime.liveness import (
+    Progress,
+    progress_bound_seconds,
+    session_timeouts_apply,
+    session_timeouts_reset,
+)
 from reconcilers.runtime.lock import LockRenewer, LockUnavailableError, lock_acquire, lock_ttl_seconds
 from reconcilers.runtime.metrics import Metrics, metrics
 from reconcilers.runtime.summary import RunSummary
@@ -105,6 +112,8 @@ class _Run:
         self.row_id: int | None = None  # the history row, once the run holds its grant
         self.grant: Grant | None = None
         self.ctx: RunContext | None = None
+        self.lost = threading.Event()  # set by the renewer: the lock was lost or given up
+        self.progress: Progress | None = None  # the run's last sign of life, once it holds the lock
 
     def execute(self) -> RunSummary:
         connection_recover()  # a connection the server closed during the previous run
@@ -123,12 +132,16 @@ class _Run:
             return self.skip(RunReason.LOCK_UNAVAILABLE, dry_run)
         if held is None:
             return self.skip(RunReason.LOCKED, dry_run)
-        lost = threading.Event()
-        renewer = LockRenewer(held, lost).start()
+        progress = self.progress = Progress(progress_bound_seconds(held.ttl_seconds))
+        renewer = LockRenewer(held, self.lost, progress).start()
         try:
-            return self.run_holding_lock(config, config.params, dry_run, lost)
+            with progress.watching():
+                session_timeouts_apply(held.ttl_seconds)
+                return self.run_holding_lock(config, config.params, dry_run, self.lost)
         finally:
             renewer.stop()
+            self.connection_drop_if_interrupted()
+            session_timeouts_reset()
             held.release()
             self.prune()
 
@@ -177,12 +190,18 @@ class _Run:
             statement_timeout_seconds=lock_ttl_seconds(),
             lock_lost=lost,
             run_id=self.row_id,
+            progress=self.progress,
         )
         self.sink.set_controller_running(self.name, True)
         try:
             result = reconcile_in_context(self.controller, ctx)
+            if lost.is_set():
+                # Its renewal stopped (the run looked stuck) or failed while the last steps ran:
+                # the lock may already be another holder's, so this is no success (§4.4).
+                raise LockLostError(f"{self.name}: lock renewal stopped before the run ended")
         except Exception as exc:
             error_text = traceback.format_exc()
+            self.connection_drop_if_interrupted()
             connection_recover()
             if claimed:
                 self.anchor_restore(started_at, grant.last_real_started_at)
@@ -268,9 +287,10 @@ class _Run:
         """The run stopped (timeout, lock lost, an exception): it ends as error with the reason
         and what its batches committed, which the metrics count too."""
         reason = _error_reason(exc)
-        if reason != RunReason.LOCK_LOST and self.superseded():
-            # A stale holder (paused past its lock, then hit by its timeout, Celery's soft
-            # limit or an error its successor's writes caused) ends as lock_lost: that is
+        if reason != RunReason.LOCK_LOST and (self.lost.is_set() or self.superseded()):
+            # A stale holder (paused past its lock, stuck on a dead database socket until its
+            # renewal stopped, then hit by its timeout, Celery's soft limit, a connection
+            # error or an error its successor's writes caused) ends as lock_lost: that is
             # what happened; the error text keeps the rest (design.md §4.10).
             reason = RunReason.LOCK_LOST
         log.error("%s: run failed (%s): %s", self.name, reason, exc)
@@ -308,6 +328,7 @@ class _Run:
         the end): record the end if a fresh connection can, else only the metrics."""
         dry_run = bool(self.requested_dry_run)
         try:
+            self.connection_drop_if_interrupted()
             connection_recover()
             # Recorded with its traceback on the run row: the log line stays one line.
             return self.fail(exc, error_text, dry_run)
@@ -326,6 +347,14 @@ class _Run:
             error_text=error_text,
             run_id=self.row_id,
         )
+
+    def connection_drop_if_interrupted(self) -> None:
+        """A statement cut short by something other than a database error (Celery's soft limit
+        raised while the driver waited on a dead socket) leaves the connection mid-protocol:
+        every later query on it would fail or hang, so drop it and record on a fresh one."""
+        if self.progress is not None and self.progress.interrupted and not connection.in_atomic_block:
+            self.progress.interrupted = False
+            connection.close()
 
     def skip(
         self, reason: str, dry_run: bool, *, started_at: datetime | None = None, fence: int | None = None

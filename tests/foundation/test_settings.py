@@ -180,3 +180,62 @@ def test_sentinel_settings_reach_kombu_and_the_factory() -> None:
         "broker": urls,
         "config": "mymaster",
     }
+
+
+LIVENESS_VARIABLES = (
+    "DATABASE_KEEPALIVES_IDLE_SECONDS",
+    "DATABASE_KEEPALIVES_INTERVAL_SECONDS",
+    "DATABASE_KEEPALIVES_COUNT",
+    "DATABASE_TCP_USER_TIMEOUT_SECONDS",
+)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DATABASE_KEEPALIVES_IDLE_SECONDS", "0"),
+        ("DATABASE_KEEPALIVES_INTERVAL_SECONDS", "5s"),
+        ("DATABASE_KEEPALIVES_COUNT", "101"),
+        ("DATABASE_TCP_USER_TIMEOUT_SECONDS", "-1"),
+    ],
+)
+@pytest.mark.parametrize("database_url", ["postgres://u@db/x", "sqlite:////tmp/cp-liveness.sqlite3"])
+def test_a_bad_connection_liveness_value_is_refused_naming_it_whatever_the_database(
+    variable: str, value: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in LIVENESS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DEBUG", "1")
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ImproperlyConfigured) as refused:
+        runpy.run_path(str(ROOT / "controlplane" / "settings.py"))
+    assert str(refused.value).startswith(f"{variable} is malformed")
+
+
+def test_postgresql_connections_get_keepalives_and_a_tcp_user_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Defaults detect a dead peer in about 25 s; variables set them; the URL's own wins."""
+    for name in LIVENESS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DEBUG", "1")
+    monkeypatch.setenv("DATABASE_URL", "postgres://u@db/x")
+    options = runpy.run_path(str(ROOT / "controlplane" / "settings.py"))["DATABASES"]["default"]["OPTIONS"]
+    assert options == {
+        "connect_timeout": 5,
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 20000,
+    }
+    monkeypatch.setenv("DATABASE_KEEPALIVES_IDLE_SECONDS", "4")
+    monkeypatch.setenv("DATABASE_TCP_USER_TIMEOUT_SECONDS", "0")
+    monkeypatch.setenv("DATABASE_URL", "postgres://u@db/x?keepalives_count=7")
+    options = runpy.run_path(str(ROOT / "controlplane" / "settings.py"))["DATABASES"]["default"]["OPTIONS"]
+    assert (options["keepalives_idle"], options["tcp_user_timeout"]) == (4, 0)
+    assert int(options["keepalives_count"]) == 7
+    monkeypatch.setenv("DATABASE_URL", "sqlite:////tmp/cp-liveness.sqlite3")
+    options = runpy.run_path(str(ROOT / "controlplane" / "settings.py"))["DATABASES"]["default"]["OPTIONS"]
+    assert "keepalives" not in options

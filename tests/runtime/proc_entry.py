@@ -1,6 +1,7 @@
 """Subprocess entry for the runtime tests: install the test controllers, then run a mode.
 
 python -m tests.runtime.proc_entry reconcile <name> <start_at_unix> [--force]
+python -m tests.runtime.proc_entry takeover <name> <period_s> <deadline_s>
 python -m tests.runtime.proc_entry manage <manage.py arguments...>
 python -m tests.runtime.proc_entry celery <celery worker arguments...>
 """
@@ -32,6 +33,25 @@ def main(argv: list[str]) -> int:
             summary = run_controller(rest[0], force="--force" in rest, trigger="test")
             print(json.dumps(summary.as_dict()), flush=True)
             return 0
+        if mode == "takeover":
+            # Ready, then once another process's run of <name> is running: forced runs every
+            # <period> s (as ticks would, past that holder's anchor) until one succeeds or
+            # <deadline> s pass; one JSON line per run.
+            from reconcilers.models import ReconcileRun, RunOutcome
+            from reconcilers.services import run_controller
+
+            period, deadline = float(rest[1]), time.monotonic() + float(rest[2])
+            print("ready", flush=True)
+            running = ReconcileRun.objects.filter(controller=rest[0], outcome=RunOutcome.RUNNING)
+            while not running.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            while time.monotonic() < deadline:
+                summary = run_controller(rest[0], force=True, trigger="test")
+                print(json.dumps({**summary.as_dict(), "at": time.time()}), flush=True)
+                if summary.outcome == "success":
+                    return 0
+                time.sleep(period)
+            return 1
         if mode == "manage":
             from django.core.management import execute_from_command_line
 

@@ -119,7 +119,7 @@ def test_two_processes_started_together_exactly_one_reconciles() -> None:
 class _PausedRenewer:
     """Fault injection: a holder paused by the OS (GC, SIGSTOP) renews nothing and notices nothing."""
 
-    def __init__(self, held: Any, lost: threading.Event) -> None:
+    def __init__(self, held: Any, lost: threading.Event, progress: Any = None) -> None:
         pass
 
     def start(self) -> _PausedRenewer:
