@@ -1,16 +1,24 @@
 """The Celery app: Django settings under the CELERY_ namespace, DatabaseScheduler for beat.
 
+Logging is the project's (settings.LOGGING, plain or JSON), not Celery's: connecting the
+setup_logging signal is how Celery is told to leave it alone (see celery_logging_setup).
+
 Reconcile tasks go to their own queue (settings.RECONCILERS_QUEUE), so a backlog of other
 work never delays them and a dedicated worker can serve only them.
 """
 
 from __future__ import annotations
 
+import logging
+import logging.config
 import os
 from typing import Any
 
 from celery import Celery
+from celery.signals import setup_logging
 from django.conf import settings
+
+from controlplane.common.logs import logging_config
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
 
@@ -26,4 +34,24 @@ def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None
 
 
 app.conf.task_routes = (route_task,)
+
+
+@setup_logging.connect
+def celery_logging_setup(loglevel: int | str | None = None, **kwargs: Any) -> None:
+    """Worker and beat log through the project's one handler (JSON with LOG_JSON=1).
+
+    Celery replaces the root logger's handlers with its own plain "[time: LEVEL/Process]"
+    format unless a receiver of this signal configures logging; it then also leaves
+    stdout alone. `--loglevel` sets everyone's level, the project's loggers go down to
+    LOG_LEVEL if that is more verbose. Python warnings become log records too, so even
+    they arrive as one JSON object per line.
+    """
+    cli_level = logging.getLevelName(loglevel) if isinstance(loglevel, int) else (loglevel or "WARNING")
+    cli_level = str(cli_level).upper()
+    levels = logging.getLevelNamesMapping()
+    project = min((cli_level, settings.LOG_LEVEL), key=lambda name: levels.get(name, logging.INFO))
+    logging.config.dictConfig(logging_config(level=project, json=settings.LOG_JSON, root_level=cli_level))
+    logging.captureWarnings(True)
+
+
 app.autodiscover_tasks()

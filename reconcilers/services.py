@@ -32,6 +32,7 @@ from reconcilers.runtime.config import (
     params_error_text,
     run_timeout_conflict,
 )
+from reconcilers.runtime.context import ProgressSink
 from reconcilers.runtime.contract import Controller, ControllerParams
 from reconcilers.runtime.metrics import Metrics
 from reconcilers.runtime.runner import run
@@ -185,6 +186,7 @@ def run_controller(
     ignore_brake: bool = False,
     trigger: str = "manual",
     metrics_sink: Metrics | None = None,
+    progress: ProgressSink | None = None,
 ) -> RunSummary:
     """Run one reconcile of the controller called `name` through the runtime (design.md §4).
 
@@ -198,6 +200,7 @@ def run_controller(
         ignore_brake=ignore_brake,
         trigger=trigger,
         metrics_sink=metrics_sink,
+        progress=progress,
     )
 
 
