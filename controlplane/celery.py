@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import celeryd_init, setup_logging, worker_ready, worker_shutdown
 from django.conf import settings
 
 from controlplane.common.logs import logging_config
@@ -34,6 +34,7 @@ def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None
 
 
 app.conf.task_routes = (route_task,)
+log = logging.getLogger("controlplane.celery")
 
 
 @setup_logging.connect
@@ -55,3 +56,32 @@ def celery_logging_setup(loglevel: int | str | None = None, **kwargs: Any) -> No
 
 
 app.autodiscover_tasks()
+
+
+@celeryd_init.connect
+def celery_warnings_logged(**kwargs: Any) -> None:
+    """Warnings become log records from the worker's first moment: Celery warns (e.g. about
+    running as root) before it sets up logging, and a raw multi-line warning on stderr would
+    break one-object-per-line."""
+    logging.captureWarnings(True)
+
+
+@worker_ready.connect
+def celery_shutdown_quiet(sender: Any = None, **kwargs: Any) -> None:
+    """With LOG_JSON=1, Celery's "worker: Warm shutdown (MainProcess)", which it prints to
+    stdout from its signal handlers, is replaced by a log line (celery_shutdown_logged).
+    The handlers are Celery's own, reinstalled with verbose=False."""
+    worker = getattr(sender, "controller", None)
+    if not settings.LOG_JSON or worker is None:
+        return
+    from celery.apps import worker as celery_worker
+
+    celery_worker.install_worker_term_handler(worker, verbose=False)
+    celery_worker.install_worker_term_hard_handler(worker, verbose=False)
+
+
+@worker_shutdown.connect
+def celery_shutdown_logged(**kwargs: Any) -> None:
+    # Logged here, on the main thread's way out, not in the signal handler: a write from a
+    # handler that interrupted another write to the same stream raises.
+    log.info("worker: shutting down")

@@ -59,6 +59,11 @@ class ContextFilter(logging.Filter):
         for key, value in (_context.get() or {}).items():
             if not hasattr(record, key):
                 setattr(record, key, value)
+        # Django logs a 4xx/5xx response after the middleware has returned, with the
+        # request on the record: its id is there.
+        request_id = getattr(getattr(record, "request", None), "request_id", None)
+        if request_id and not hasattr(record, "request_id"):
+            record.request_id = request_id
         return True
 
 
@@ -113,7 +118,7 @@ class RequestIdMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        request_id = request_id_of(request)
+        request_id = request.request_id = request_id_of(request)  # type: ignore[attr-defined]
         with log_context(request_id=request_id):
             response = self.get_response(request)
         response[REQUEST_ID_HEADER] = request_id
@@ -162,6 +167,9 @@ def logging_config(*, level: str, json: bool, root_level: str = "WARNING") -> di
         "loggers": {
             "controlplane": {"level": level},
             "reconcilers": {"level": level},
+            # Django's defaults give its logger a plain console handler (with DEBUG) and the
+            # admin mailer (without): here it writes through the one handler like the rest.
+            "django": {"handlers": ["stderr"], "propagate": False},
             "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
             "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
         },
