@@ -76,8 +76,8 @@ def celery_shutdown_quiet(sender: Any = None, **kwargs: Any) -> None:
         return
     from celery.apps import worker as celery_worker
 
-    celery_worker.install_worker_term_handler(worker, verbose=False)
-    celery_worker.install_worker_term_hard_handler(worker, verbose=False)
+    celery_worker.install_worker_term_handler(worker, verbose=False)  # type: ignore[attr-defined]
+    celery_worker.install_worker_term_hard_handler(worker, verbose=False)  # type: ignore[attr-defined]
 
 
 @worker_shutdown.connect
