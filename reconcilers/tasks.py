@@ -16,6 +16,7 @@ from typing import Any
 from celery import Task, current_task
 
 from controlplane.celery import app
+from controlplane.common.logs import log_context
 from reconcilers.registry import controller_get, controller_names
 from reconcilers.runtime.context import RunProgress
 from reconcilers.schedule import task_name
@@ -26,14 +27,16 @@ def _task_for(controller: str) -> Any:
     def reconcile(
         dry_run: bool | None = None, force: bool = False, ignore_brake: bool = False
     ) -> dict[str, Any]:
-        return run_controller(
-            controller,
-            dry_run=dry_run,
-            force=force,
-            ignore_brake=ignore_brake,
-            trigger="celery",
-            progress=progress_event_send,
-        ).as_dict()
+        # The task id on the run's lines ties them to Flower's task page and Celery's own lines.
+        with log_context(task_id=current_task.request.id if current_task else None):
+            return run_controller(
+                controller,
+                dry_run=dry_run,
+                force=force,
+                ignore_brake=ignore_brake,
+                trigger="celery",
+                progress=progress_event_send,
+            ).as_dict()
 
     reconcile.__name__ = reconcile.__qualname__ = f"reconcile_{controller.replace('-', '_')}"
     reconcile.__doc__ = f"Run one reconcile of {controller} through the runner."

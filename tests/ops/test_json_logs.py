@@ -87,7 +87,7 @@ def test_worker_and_beat_write_one_json_object_per_line(tmp_path: Path) -> None:
     )  # fmt: skip
     sender = Celery("probe", broker=broker)
     try:
-        sender.send_task("reconcilers.token_cleanup", queue=queue, kwargs={"force": True})
+        task = sender.send_task("reconcilers.token_cleanup", queue=queue, kwargs={"force": True})
         deadline = time.monotonic() + 60
         run = None
         while run is None and time.monotonic() < deadline:
@@ -120,6 +120,7 @@ def test_worker_and_beat_write_one_json_object_per_line(tmp_path: Path) -> None:
         assert record["run_id"] == run.pk
         assert record["fence"] == run.fence
         assert record["trigger"] == "celery"
+        assert record["task_id"] == task.id
     # Celery's own task lines are JSON too, and nothing else (banner, shutdown) was printed.
     assert any(r["logger"] == "celery.app.trace" and "succeeded" in r["message"] for r in worker_records)
 
