@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.progress import Advance, progress_steps
+
 ROOT = Path(__file__).resolve().parent.parent
 CONTROLLERS = ("agent-health", "job-recovery", "queue-priority", "token-cleanup", "audit-retention")
 SMALL_SCALE = 0.01  # the 10k-row size the RSS growth is measured against
@@ -118,15 +120,24 @@ def _trial(controller: str) -> dict[str, Any]:
     return result
 
 
-def measure(controller: str, *, scale: float, trials: int, sample: int) -> ControllerFigures:
+def measure_steps(trials: int) -> int:
+    """What `measure` reports to its progress callback: each trial's run and floor, the
+    naive loop, the small-scale run."""
+    return 2 * trials + 2
+
+
+def measure(
+    controller: str, *, scale: float, trials: int, sample: int, advance: Advance = lambda _next: None
+) -> ControllerFigures:
     from bench.floors import FLOORS
     from bench.naive import NAIVE
     from controlplane.common.db import db_now
 
     figures = ControllerFigures(controller)
-    for _ in range(trials):
+    for trial in range(trials):
         _fresh(controller, scale)
         result = _trial(controller)
+        advance(f"{controller}: floor {trial + 1}/{trials}")
         figures.controller_s.append(result["wall_s"])
         figures.rows, figures.steps = result["items"], result["steps"]
         figures.peak_rss_mb = max(figures.peak_rss_mb, result["peak_rss_mb"])
@@ -136,15 +147,20 @@ def measure(controller: str, *, scale: float, trials: int, sample: int) -> Contr
         floor_steps = FLOORS[controller](db_now())
         figures.floor_s.append(time.perf_counter() - started)
         figures.floor_rows = sum(floor_steps.values())
+        advance(
+            f"{controller}: trial {trial + 2}/{trials}" if trial + 1 < trials else f"{controller}: naive loop"
+        )
 
     _fresh(controller, scale)
     started = time.perf_counter()
     figures.naive_sample_rows = NAIVE[controller](db_now(), sample)
     naive_s = time.perf_counter() - started
     figures.naive_s_per_row = naive_s / max(1, figures.naive_sample_rows)
+    advance(f"{controller}: small-scale run")
 
     _fresh(controller, min(scale, SMALL_SCALE))
     figures.small_peak_rss_mb = _trial(controller)["peak_rss_mb"]
+    advance(f"{controller}: done")
     return figures
 
 
@@ -220,15 +236,21 @@ def main(argv: list[str] | None = None) -> int:
     call_command("migrate", verbosity=0)
 
     figures = []
-    for controller in args.controllers:
-        print(f"--- {controller}", file=sys.stderr, flush=True)
-        figures.append(measure(controller, scale=args.scale, trials=args.trials, sample=args.sample))
-        print(json.dumps(vars(figures[-1])), file=sys.stderr, flush=True)
     extras: dict[str, Any] = {}
-    if not args.no_extras:
-        from bench.extras import measure_extras
+    steps = len(args.controllers) * measure_steps(args.trials) + (0 if args.no_extras else 1)
+    first = f"{args.controllers[0]}: trial 1/{args.trials}" if args.controllers else "runtime and protocol"
+    with progress_steps("make bench", steps, first=first) as advance:
+        for controller in args.controllers:
+            print(f"--- {controller}", file=sys.stderr, flush=True)
+            figures.append(
+                measure(controller, scale=args.scale, trials=args.trials, sample=args.sample, advance=advance)
+            )
+            print(json.dumps(vars(figures[-1])), file=sys.stderr, flush=True)
+        if not args.no_extras:
+            from bench.extras import measure_extras
 
-        extras = measure_extras(scale=args.scale)
+            extras = measure_extras(scale=args.scale)
+            advance("report")
     report = render(figures, scale=args.scale, trials=args.trials, extras=extras)
     print(report)
     if args.out:

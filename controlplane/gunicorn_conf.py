@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from reconcilers.runtime.metrics import multiprocess_mark_dead
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
+
+from django.conf import settings  # after naming the settings module
+
+# With LOG_JSON=1 gunicorn's own lines (start, workers, errors) and its access lines are
+# JSON objects too, through the same handler and formatters as the application's; the
+# access line carries the request's X-Request-ID. Plain text keeps gunicorn's defaults.
+if settings.LOG_JSON:
+    logconfig_dict = settings.LOGGING
 
 
 def child_exit(server: Any, worker: Any) -> None:

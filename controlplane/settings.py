@@ -12,6 +12,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from environs import Env, EnvError, validate
 
+from controlplane.common.logs import logging_config
 from controlplane.common.redis import (
     broker_transport_options,
     broker_use_ssl,
@@ -242,6 +243,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # First after the timer: every line logged while a request runs carries its id.
+    "controlplane.common.logs.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -307,26 +310,4 @@ LOG_LEVEL: str = _read(
     "LOG_LEVEL", env.str, "INFO", validate=lambda v: v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")
 ).upper()
 LOG_JSON: bool = _read("LOG_JSON", env.bool, False)
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-        "json": {
-            "()": "pythonjsonlogger.json.JsonFormatter",
-            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
-        },
-    },
-    "handlers": {
-        "stderr": {
-            "class": "logging.StreamHandler",
-            "stream": "ext://sys.stderr",
-            "formatter": "json" if LOG_JSON else "plain",
-        }
-    },
-    "root": {"handlers": ["stderr"], "level": "WARNING"},
-    "loggers": {
-        "controlplane": {"level": LOG_LEVEL},
-        "reconcilers": {"level": LOG_LEVEL},
-    },
-}
+LOGGING = logging_config(level=LOG_LEVEL, json=LOG_JSON)

@@ -21,7 +21,7 @@ from controlplane.common.db import db_now
 from reconcilers.models import ReconcilerConfig, ReconcilerState, ReconcileRun, RunOutcome
 from reconcilers.registry import controller_get, controller_names
 from reconcilers.rules import FAIRNESS_FIELDS, fairness_conflict
-from reconcilers.runtime.config import EffectiveConfig, config_from_row
+from reconcilers.runtime.config import EffectiveConfig, config_from_row, paused_globally
 from reconcilers.runtime.metrics import ControllerConfigSample
 
 # A controller is stale after this many periods without a successful run: one missed
@@ -48,6 +48,7 @@ def configs_effective(names: Iterable[str] | None = None) -> dict[str, Effective
 
 def config_samples() -> list[ControllerConfigSample]:
     """What the config gauges show for every controller (read at each scrape)."""
+    paused = paused_globally()
     return [
         ControllerConfigSample(
             controller=name,
@@ -55,6 +56,7 @@ def config_samples() -> list[ControllerConfigSample]:
             dry_run=config.dry_run,
             interval_seconds=config.period_seconds,
             invalid=not config.valid,
+            paused=paused,
         )
         for name, config in configs_effective().items()
     ]

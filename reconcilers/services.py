@@ -37,6 +37,7 @@ from reconcilers.runtime.config import (
     params_error_text,
     run_timeout_conflict,
 )
+from reconcilers.runtime.context import ProgressSink
 from reconcilers.runtime.contract import Controller, ControllerParams
 from reconcilers.runtime.cron import CrontabError, crontab_parse
 from reconcilers.runtime.metrics import Metrics
@@ -230,6 +231,7 @@ def run_controller(
     trigger: str = "manual",
     metrics_sink: Metrics | None = None,
     task_id: str = "",
+    progress: ProgressSink | None = None,
 ) -> RunSummary:
     """Run one reconcile of the controller called `name` through the runtime (design.md §4).
 
@@ -244,6 +246,7 @@ def run_controller(
         trigger=trigger,
         metrics_sink=metrics_sink,
         task_id=task_id,
+        progress=progress,
     )
 
 

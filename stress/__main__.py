@@ -20,6 +20,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench.progress import progress_steps
+
 SCENARIOS = ("exactly-once", "kill", "outage", "heartbeat", "failover")
 
 
@@ -94,12 +96,15 @@ def main(argv: list[str]) -> int:
     print(f"stress suite: logs in {log_dir}", flush=True)
     started = time.monotonic()
     reports = []
-    for name in args.scenarios:
-        t0 = time.monotonic()
-        report = runners[name]()
-        report.figures["scenario_wall_s"] = round(time.monotonic() - t0, 1)
-        reports.append(report)
-        print(report.render(), flush=True)
+    upcoming = [*args.scenarios[1:], "done"]
+    with progress_steps("make stress", len(args.scenarios), first=args.scenarios[0]) as advance:
+        for name, following in zip(args.scenarios, upcoming, strict=True):
+            t0 = time.monotonic()
+            report = runners[name]()
+            report.figures["scenario_wall_s"] = round(time.monotonic() - t0, 1)
+            reports.append(report)
+            print(report.render(), flush=True)
+            advance(following)
     failed = [r.name for r in reports if not r.ok]
     print(
         f"== stress suite: {len(reports) - len(failed)} of {len(reports)} scenarios held every invariant "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +20,38 @@ from reconcilers.runtime.fencing import fence_check, fence_current
 from reconcilers.runtime.liveness import Progress, statement_timeout_seconds
 
 LOGGED_IDS_MAX = 50  # affected ids logged per step at DEBUG, so a million-row step stays one line
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """A running run's counts after one more batch committed (or, in a dry run, ran)."""
+
+    controller: str
+    run_id: int | None
+    fence: int
+    dry_run: bool
+    batches: int
+    items: int
+    steps: dict[str, int]
+    elapsed_seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "controller": self.controller,
+            "run_id": self.run_id,
+            "fence": self.fence,
+            "dry_run": self.dry_run,
+            "batches": self.batches,
+            "items": self.items,
+            "steps": dict(self.steps),
+            "elapsed_seconds": round(self.elapsed_seconds, 3),
+        }
+
+
+# Told after each batch (the Celery task sends it as an event); never allowed to stop a run.
+ProgressSink = Callable[[RunProgress], None]
 
 
 @dataclass
@@ -40,6 +72,8 @@ class RunContext:
     run_id: int | None = None  # the run's history row, kept equal to what has committed
     progress: Progress | None = None  # stamped at each checkpoint: the run is alive (liveness.py)
     committed: dict[str, int] = field(default_factory=dict)  # per step, in committed batches
+    progress: ProgressSink | None = None
+    batches: int = 0  # outermost transactions that completed
     _pending: dict[str, int] | None = field(default=None, repr=False)  # the open batch's tally
 
     @contextmanager
@@ -61,6 +95,29 @@ class RunContext:
             self._pending = None
         for step, count in pending.items():
             self.committed[step] = self.committed.get(step, 0) + count
+        self.batches += 1
+        if pending:  # a batch that changed nothing moves no count: nothing to tell
+            self._progress_notify()
+
+    def _progress_notify(self) -> None:
+        """After the batch's transaction: whoever watches hears of it once it is visible in
+        the run row. A broken watcher (broker down) is logged, never fails the run."""
+        if self.progress is None:
+            return
+        progress = RunProgress(
+            controller=self.controller,
+            run_id=self.run_id,
+            fence=self.fence,
+            dry_run=self.dry_run,
+            batches=self.batches,
+            items=sum(self.committed.values()),
+            steps=dict(self.committed),
+            elapsed_seconds=time.monotonic() - self.started_monotonic,
+        )
+        try:
+            self.progress(progress)
+        except Exception as exc:
+            log.warning("%s: progress not reported (the run goes on): %s", self.controller, exc)
 
     def tally(self, step: str, count: int) -> None:
         if self._pending is None:

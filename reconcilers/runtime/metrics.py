@@ -3,7 +3,7 @@
 Names: `<METRICS_NAMESPACE>_controller_<metric>`; every label combination of the
 registered controllers is pre-created at 0 so a dashboard or alert never sees a gap.
 
-The config gauges (enabled, dry_run, interval_seconds, config_invalid) are not recorded by
+The config gauges (enabled, dry_run, interval_seconds, config_invalid, paused) are not recorded by
 runs: a collector reads them from the database at each scrape (design.md §4.12), so every
 process's /metrics follows an admin change within one scrape.
 
@@ -237,6 +237,7 @@ class ControllerConfigSample:
     dry_run: bool
     interval_seconds: int
     invalid: bool
+    paused: bool = False  # the global pause holds its runs (they skip as `paused`)
 
 
 ConfigSource = Callable[[], Iterable[ControllerConfigSample]]
@@ -275,6 +276,9 @@ class ConfigCollector(Collector):
                 "1 when the config row fails its schema: every run is refused (invalid_config).",
                 lambda c: c.invalid,
             ),
+            # Per controller, though the pause is global, so an alert can drop paused
+            # controllers with `unless on (controller)` like disabled ones.
+            "paused": ("1 while the global pause holds the controller's runs.", lambda c: c.paused),
         }
         for name, (documentation, value) in families.items():
             family = GaugeMetricFamily(self.prefix + name, documentation, labels=["controller"])

@@ -25,9 +25,10 @@ from django.db import DatabaseError, connection
 from django.db.models import Q
 
 from controlplane.common.db import connection_recover, db_now
+from controlplane.common.logs import log_context, log_context_bind
 from reconcilers.models import ReconcilerState, ReconcileRun, RunOutcome, RunReason
 from reconcilers.runtime.config import EffectiveConfig, config_effective, paused_globally
-from reconcilers.runtime.context import RunContext, reconcile_in_context
+from reconcilers.runtime.context import ProgressSink, RunContext, reconcile_in_context
 from reconcilers.runtime.contract import (
     Controller,
     ControllerParams,
@@ -69,20 +70,26 @@ def run(
     trigger: str = "manual",
     metrics_sink: Metrics | None = None,
     task_id: str = "",
+    progress: ProgressSink | None = None,
 ) -> RunSummary:
     """Run one reconcile of `controller` through the full runtime and record it.
 
     `dry_run` None means the config's flag decides. `force` bypasses paused, disabled and
-    too_soon, never an invalid config and never the lock. No exception escapes: the outcome
-    is in the summary and in a ReconcileRun row.
+    too_soon, never an invalid config and never the lock. `progress` is told the run's
+    counts after each batch. No exception escapes: the outcome is in the summary and in a
+    ReconcileRun row.
     """
     sink = metrics_sink or metrics()
     one = _Run(controller, sink, dry_run, force, ignore_brake, trigger, time.monotonic())
     one.task_id = task_id[:255]  # the Celery message's id, kept on the run row
-    try:
-        return one.execute()
-    except Exception as exc:  # the database failed outside the reconcile itself
-        return one.fail_outside(exc, traceback.format_exc())
+    one.progress_sink = progress
+    # Every line logged during the run, by any logger, carries these (and run_id and fence
+    # once the run has them): an operator filters one run's lines by run_id.
+    with log_context(controller=controller.name, trigger=trigger):
+        try:
+            return one.execute()
+        except Exception as exc:  # the database failed outside the reconcile itself
+            return one.fail_outside(exc, traceback.format_exc())
 
 
 class _Run:
@@ -114,6 +121,7 @@ class _Run:
         self.ctx: RunContext | None = None
         self.lost = threading.Event()  # set by the renewer: the lock was lost or given up
         self.progress: Progress | None = None  # the run's last sign of life, once it holds the lock
+        self.progress_sink: ProgressSink | None = None  # told the run's progress events
 
     def execute(self) -> RunSummary:
         connection_recover()  # a connection the server closed during the previous run
@@ -148,7 +156,6 @@ class _Run:
     def refuse(self, config: EffectiveConfig, dry_run: bool) -> RunSummary:
         """A config row that fails its schema is refused, never replaced by the defaults: the
         run ends as error `invalid_config` and changes nothing (design.md §4.2)."""
-        log.error("%s: run refused, its config row is invalid: %s", self.name, config.error)
         at = self.clock = db_now()
         summary = RunSummary.error(
             self.name,
@@ -159,6 +166,8 @@ class _Run:
             error_text=f"invalid config: {config.error}",
         )
         row = self.record(summary, at, at)
+        log_context_bind(run_id=row.pk)
+        log.error("%s: run refused, its config row is invalid: %s", self.name, config.error)
         self.sink.record_reconcile(self.name, 0, summary.duration_s, InvalidConfigError(config.error))
         self.sink.increment_reconcile_errors(self.name)
         return replace(summary, run_id=row.pk)
@@ -168,6 +177,7 @@ class _Run:
     ) -> RunSummary:
         grant = self.grant = fence_grant(self.name, self.host)
         fence = grant.fence
+        log_context_bind(fence=fence)
         started_at = grant.at  # the run's one clock: every step's cutoffs use it
         self.abandon_older(grant)
         claimed = False
@@ -179,6 +189,7 @@ class _Run:
                 if not self.force:
                     return self.skip(RunReason.TOO_SOON, dry_run, started_at=started_at, fence=fence)
         self.row_id = self.running_row(started_at, dry_run, fence).pk
+        log_context_bind(run_id=self.row_id)
         ctx = self.ctx = RunContext(
             controller=self.name,
             now=started_at,
@@ -190,7 +201,7 @@ class _Run:
             statement_timeout_seconds=lock_ttl_seconds(),
             lock_lost=lost,
             run_id=self.row_id,
-            progress=self.progress,
+            progress=self.progress_sink,
         )
         self.sink.set_controller_running(self.name, True)
         try:
@@ -293,7 +304,6 @@ class _Run:
             # error or an error its successor's writes caused) ends as lock_lost: that is
             # what happened; the error text keeps the rest (design.md §4.10).
             reason = RunReason.LOCK_LOST
-        log.error("%s: run failed (%s): %s", self.name, reason, exc)
         finished_at = self.clock = db_now()
         duration = time.monotonic() - self.started
         committed = self.ctx.committed if self.ctx is not None and not dry_run else {}
@@ -308,6 +318,8 @@ class _Run:
         )
         started_at = self.grant.at if self.grant else finished_at
         run = self.record(summary, started_at, finished_at)
+        log_context_bind(run_id=run.pk)
+        log.error("%s: run failed (%s): %s", self.name, reason, exc)
         self.sink.record_reconcile(self.name, summary.items, duration, exc)
         self.sink.increment_reconcile_errors(self.name)
         if reason == RunReason.LOCK_LOST:
@@ -364,6 +376,7 @@ class _Run:
             self.name, reason, dry_run=dry_run, fence=fence, duration_s=time.monotonic() - self.started
         )
         run = self.record(summary, at, at)
+        log_context_bind(run_id=run.pk)
         self.sink.record_skip(self.name, reason)
         log.info("%s: skipped (%s) trigger=%s", self.name, reason, self.trigger)
         return replace(summary, run_id=run.pk)

@@ -23,6 +23,8 @@ REQUIRED_ENV = {
     "SECRET_KEY": "k" * 50,
     "FLOWER_BASIC_AUTH": "ops:secret",
     "RABBITMQ_PASSWORD": "rabbit-pw",
+    "GRAFANA_ADMIN_PASSWORD": "grafana-pw",
+    "ALERTMANAGER_WEBHOOK_URL": "https://hooks.example.org/alerts",
 }
 APP_SERVICES = ("migrate", "web", "worker", "beat", "flower")
 
@@ -38,9 +40,18 @@ def _command(service: dict[str, Any]) -> str:
 
 
 def test_services_present(compose: dict[str, Any]) -> None:
-    assert {"postgres", "redis", "migrate", "web", "worker", "beat", "flower", "prometheus"} <= set(
-        compose["services"]
-    )
+    assert {
+        "postgres",
+        "redis",
+        "migrate",
+        "web",
+        "worker",
+        "beat",
+        "flower",
+        "prometheus",
+        "alertmanager",
+        "grafana",
+    } <= set(compose["services"])
 
 
 def test_every_service_command_is_documented_in_readme(compose: dict[str, Any]) -> None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 from pydantic import Field
 
 from controlplane.audit.models import AuditLog
+from reconcilers.controllers.audit_retention import AuditRetentionController
 from reconcilers.runtime.contract import Controller, ControllerParams, ReconcileContext, ReconcileResult
 
 WRITE_ACTION = "test.reconciled"
@@ -89,6 +91,19 @@ class Gated(Controller):
                 resource_id=type(self).value,
             )
         return self.result(written=1)
+
+
+class SlowPurge(AuditRetentionController):
+    """audit-retention with a pause in every batch, so a watcher sees a purge in progress.
+    Installed only where a test asks for it (its runs delete every old audit row)."""
+
+    name = "test-slow-purge"
+    BATCH_PAUSE_SECONDS = 0.3
+
+    @staticmethod
+    def _purge(*args: Any, **kwargs: Any) -> tuple[int, str | None]:
+        time.sleep(SlowPurge.BATCH_PAUSE_SECONDS)
+        return AuditRetentionController._purge(*args, **kwargs)
 
 
 TEST_CONTROLLERS: tuple[type[Controller], ...] = (Sleeper, Other, Raiser, Gated)

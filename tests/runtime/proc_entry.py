@@ -4,6 +4,8 @@ python -m tests.runtime.proc_entry reconcile <name> <start_at_unix> [--force]
 python -m tests.runtime.proc_entry takeover <name> <period_s> <deadline_s>
 python -m tests.runtime.proc_entry manage <manage.py arguments...>
 python -m tests.runtime.proc_entry celery <celery worker arguments...>
+
+A subprocess also has SlowPurge, which the in-process fixtures leave out.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ import django
 django.setup()
 
 from reconcilers.testing import controllers_installed  # noqa: E402
-from tests.runtime.controllers import TEST_CONTROLLERS  # noqa: E402
+from tests.runtime.controllers import TEST_CONTROLLERS, SlowPurge  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
     mode, rest = argv[0], argv[1:]
-    with controllers_installed(*TEST_CONTROLLERS):
+    with controllers_installed(*TEST_CONTROLLERS, SlowPurge):
         if mode == "reconcile":
             from reconcilers.services import run_controller
 
