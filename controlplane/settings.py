@@ -185,6 +185,12 @@ AGENT_HEARTBEAT_INTERVAL_SECONDS: int = _read(
     "AGENT_HEARTBEAT_INTERVAL_SECONDS", env.int, 30, validate=lambda v: 1 <= v <= 3600
 )
 
+# audit-retention's archive_dir is a folder under this root (design.md §5.5); empty means no
+# local archive is configured, and a config that names an archive_dir is then invalid.
+AUDIT_ARCHIVE_ROOT: str = _read("AUDIT_ARCHIVE_ROOT", env.str, "")
+if AUDIT_ARCHIVE_ROOT and (not Path(AUDIT_ARCHIVE_ROOT).is_absolute() or "\x00" in AUDIT_ARCHIVE_ROOT):
+    raise ImproperlyConfigured("AUDIT_ARCHIVE_ROOT is malformed: must be an absolute path")
+
 # --- django ------------------------------------------------------------------------------
 INSTALLED_APPS = [
     "django.contrib.admin",
