@@ -36,6 +36,7 @@ CHART_HEIGHT_PX = 130
 CHART_PAD_PX = 28
 OUTCOME_COLOURS = {"success": "#2e7d32", "error": "#c62828", "skipped": "#9e9e9e", "dry_run": "#1565c0"}
 DRY_RUN_PERMISSION = "reconcilers.change_reconcilerconfig"
+CONFIG_VIEW_PERMISSION = "reconcilers.view_reconcilerconfig"
 
 
 @dataclass
@@ -194,7 +195,10 @@ def _can_dry_run(request: HttpRequest) -> bool:
 
 @require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
-    """Staff only (wrapped in admin_site.admin_view by the URLconf)."""
+    """Staff with the view (or change) permission on reconciler configs (admin_site.admin_view
+    in the URLconf does the staff check)."""
+    if not (request.user.has_perm(CONFIG_VIEW_PERMISSION) or request.user.has_perm(DRY_RUN_PERMISSION)):
+        raise PermissionDenied
     context: dict[str, Any] = {
         **admin_site.each_context(request),
         "title": "Reconciler dashboard",

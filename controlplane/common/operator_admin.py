@@ -13,7 +13,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ObjectDoesNotExist, ValidationError
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 
@@ -33,6 +33,22 @@ def concurrent_change_message(obj: Model, loaded: int, current: int | None) -> s
         f"(version {loaded} was loaded, the database now has {current}: a heartbeat, claim, controller "
         "or another operator wrote it). Nothing was saved."
     )
+
+
+class ActionPermissionDeniedMixin:
+    """A POSTed action that exists on the admin but not for this user is a 403, not Django's
+    "No action selected" page: a view-only user is refused, and nothing changes."""
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        # Checked before Django's own handling, which skips actions entirely when the user
+        # has none left (and then shows the list again with a 200).
+        if request.method == "POST":
+            name = request.POST.get("action", "")
+            admin_self: Any = self
+            known = {action_name for _func, action_name, _desc in admin_self._get_base_actions()}
+            if name in known and name not in admin_self.get_actions(request):
+                raise PermissionDenied(f"you may not run the action {name!r}")
+        return super().changelist_view(request, extra_context)  # type: ignore[misc]
 
 
 class VersionedChangeForm(forms.ModelForm):
