@@ -6,6 +6,7 @@ so a typo in a deployment never silently falls back to a default.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +210,13 @@ INSTALLED_APPS = [
     "controlplane.api",
     "reconcilers",
     "controlplane.demo",  # after the apps whose admin it extends
+    "axes",  # admin login lockout; last, as its docs ask
+]
+
+AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out username + address before any password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 MIDDLEWARE = [
@@ -221,6 +229,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "controlplane.api.throttle.ApiThrottleMiddleware",
+    "axes.middleware.AxesMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
@@ -262,7 +272,13 @@ STORAGES = {
 }
 
 # --- security (production when DEBUG is off; `manage.py check --deploy` is clean) -----------
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# How many reverse proxies sit in front of the web process (0: clients connect directly). The one
+# setting behind every "who is the client" decision: X-Forwarded-Proto is trusted only with a
+# proxy, and the client address of throttles and the admin lockout is the one the outermost
+# trusted proxy saw (controlplane.common.client), so rotating X-Forwarded-For changes nothing.
+TRUSTED_PROXY_COUNT: int = _read("TRUSTED_PROXY_COUNT", env.int, 0, validate=lambda v: 0 <= v <= 10)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if TRUSTED_PROXY_COUNT else None
+NINJA_NUM_PROXIES = TRUSTED_PROXY_COUNT
 SECURE_SSL_REDIRECT: bool = _read("SECURE_SSL_REDIRECT", env.bool, not DEBUG)
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 SESSION_COOKIE_SECURE = not DEBUG
@@ -272,6 +288,40 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
 SECURE_HSTS_PRELOAD = not DEBUG
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+
+# --- brute-force limits (design.md §10.3) -------------------------------------------------
+# Admin login: django-axes, database handler, locks a username + address pair out after
+# ADMIN_LOGIN_FAILURE_LIMIT failures for ADMIN_LOGIN_LOCKOUT_MINUTES (`manage.py axes_reset`
+# lifts every lockout at once).
+ADMIN_LOGIN_FAILURE_LIMIT: int = _read(
+    "ADMIN_LOGIN_FAILURE_LIMIT", env.int, 5, validate=lambda v: 1 <= v <= 1000
+)
+ADMIN_LOGIN_LOCKOUT_MINUTES: int = _read(
+    "ADMIN_LOGIN_LOCKOUT_MINUTES", env.int, 15, validate=lambda v: 1 <= v <= 10080
+)
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_FAILURE_LIMIT = ADMIN_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=ADMIN_LOGIN_LOCKOUT_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "controlplane.common.client.client_address_or_none"
+AXES_IPWARE_PROXY_COUNT = TRUSTED_PROXY_COUNT or None  # unused with the callable; kept consistent
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_VERBOSE = False  # one warning per lockout from our own signal handler is enough
+# Agent API: fixed-window counters per client address in the Django cache (Redis, shared by every
+# worker and host). Registrations: at most API_REGISTER_BURST per API_REGISTER_WINDOW_SECONDS;
+# 401 answers: after API_UNAUTHORIZED_BURST in API_UNAUTHORIZED_WINDOW_SECONDS, every request
+# of that address gets 429 until the window ends. A cache error lets the request through.
+API_REGISTER_BURST: int = _read("API_REGISTER_BURST", env.int, 10, validate=lambda v: 1 <= v <= 100000)
+API_REGISTER_WINDOW_SECONDS: int = _read(
+    "API_REGISTER_WINDOW_SECONDS", env.int, 60, validate=lambda v: 1 <= v <= 86400
+)
+API_UNAUTHORIZED_BURST: int = _read(
+    "API_UNAUTHORIZED_BURST", env.int, 20, validate=lambda v: 1 <= v <= 100000
+)
+API_UNAUTHORIZED_WINDOW_SECONDS: int = _read(
+    "API_UNAUTHORIZED_WINDOW_SECONDS", env.int, 60, validate=lambda v: 1 <= v <= 86400
+)
 
 # --- logging: stderr, one line per event, JSON one setting away -------------------------
 LOG_LEVEL: str = _read(
