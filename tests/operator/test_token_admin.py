@@ -32,7 +32,8 @@ def test_issue_form_shows_raw_token_once_and_stores_only_its_hash(operator_clien
     )
 
     # The secret is in the response to the POST itself (not a redirect, not a message).
-    assert response.status_code == 200 and not response.redirect_chain
+    assert response.status_code == 200
+    assert not response.redirect_chain
     assert "no-store" in response["Cache-Control"]
     match = re.search(r'id="secret-shown-once"[^>]*>(cpb_[^<\s]+)<', response.content.decode())
     assert match

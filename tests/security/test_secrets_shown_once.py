@@ -49,9 +49,12 @@ def test_no_raw_token_or_key_in_cookies_or_sessions(settings: Any, session_messa
         settings.MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
     User.objects.create_superuser("root", "root@example.com", "pw-root-for-tests-1")
     client = Client()
-    assert client.post(
-        reverse("admin:login"), {"username": "root", "password": "pw-root-for-tests-1"}
-    ).status_code == 302  # a real login: a django_session row exists
+    assert (
+        client.post(
+            reverse("admin:login"), {"username": "root", "password": "pw-root-for-tests-1"}
+        ).status_code
+        == 302
+    )  # a real login: a django_session row exists
 
     token_page = client.post(
         reverse("admin:tokens_bootstraptoken_add"),
