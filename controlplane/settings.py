@@ -230,6 +230,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "controlplane.api.throttle.ApiThrottleMiddleware",
+    "controlplane.api.guard.ApiGuardMiddleware",
     "axes.middleware.AxesMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
@@ -322,6 +323,9 @@ API_UNAUTHORIZED_BURST: int = _read(
 API_UNAUTHORIZED_WINDOW_SECONDS: int = _read(
     "API_UNAUTHORIZED_WINDOW_SECONDS", env.int, 60, validate=lambda v: 1 <= v <= 86400
 )
+
+# JSON bodies of the agent API nested deeper than this are refused with a 400 (controlplane.api.guard).
+API_JSON_MAX_DEPTH: int = _read("API_JSON_MAX_DEPTH", env.int, 64, validate=lambda v: 2 <= v <= 500)
 
 # --- logging: stderr, one line per event, JSON one setting away -------------------------
 LOG_LEVEL: str = _read(
