@@ -6,6 +6,7 @@ so a typo in a deployment never silently falls back to a default.
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,14 @@ def _read(name: str, parse: Any, *args: Any, **kwargs: Any) -> Any:
         return parse(name, *args, **kwargs)
     except (EnvError, ValueError) as exc:
         raise ImproperlyConfigured(f"{name} is malformed: {exc}") from exc
+
+
+def _is_ip_address(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 DEBUG: bool = _read("DEBUG", env.bool, False)
@@ -181,6 +190,11 @@ RECONCILERS_LOCK_TTL_SECONDS: float = _read(
 # The Celery worker's main process serves the controller metrics of all its children here
 # (prometheus_client multiprocess mode when PROMETHEUS_MULTIPROC_DIR is set); 0 disables it.
 WORKER_METRICS_PORT: int = _read("WORKER_METRICS_PORT", env.int, 9808, validate=lambda v: 0 <= v <= 65535)
+# Loopback by default: the metrics carry no secret but tell anyone who can reach the port how
+# the fleet is doing. Containers set 0.0.0.0 so Prometheus can scrape them (docker-compose.yml).
+WORKER_METRICS_HOST: str = _read(
+    "WORKER_METRICS_HOST", env.str, "127.0.0.1", validate=lambda v: _is_ip_address(v)
+)
 METRICS_NAMESPACE: str = _read("METRICS_NAMESPACE", env.str, "controlplane")
 AGENT_HEARTBEAT_INTERVAL_SECONDS: int = _read(
     "AGENT_HEARTBEAT_INTERVAL_SECONDS", env.int, 30, validate=lambda v: 1 <= v <= 3600

@@ -70,9 +70,9 @@ class ApiGuardMiddleware:
             return self.get_response(request)
         refused = self._refuse_body(request)
         response = refused if refused is not None else self.get_response(request)
-        if 400 <= response.status_code < 500 and not getattr(response, "streaming", False):
-            if not _is_api_error(response):
-                response = self._reshaped(response)
+        client_error = 400 <= response.status_code < 500 and not getattr(response, "streaming", False)
+        if client_error and not _is_api_error(response):
+            response = self._reshaped(response)
         return response
 
     @staticmethod
