@@ -27,12 +27,16 @@ VAR_DIR = BASE_DIR / "var"  # local state of the embedded default (ignored by gi
 env = Env()
 
 
-def _read(name: str, parse: Any, *args: Any, **kwargs: Any) -> Any:
-    """Parse one variable; any failure becomes an error that names the variable."""
+def _read(name: str, parse: Any, *args: Any, validate: Any = None, **kwargs: Any) -> Any:
+    """Parse one variable; any failure becomes an error that names the variable. `validate`
+    is applied here: environs ignores a validator that returns False instead of raising."""
     try:
-        return parse(name, *args, **kwargs)
+        value = parse(name, *args, **kwargs)
     except (EnvError, ValueError) as exc:
         raise ImproperlyConfigured(f"{name} is malformed: {exc}") from exc
+    if validate is not None and not validate(value):
+        raise ImproperlyConfigured(f"{name} is malformed: {value!r} is not allowed")
+    return value
 
 
 def _is_ip_address(value: str) -> bool:
