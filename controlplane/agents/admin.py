@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
@@ -25,9 +25,11 @@ from controlplane.agents.services import (
 )
 from controlplane.common.actors import actor_for_user
 from controlplane.common.operator_admin import (
+    SecretShownOnceMixin,
     VersionedChangeForm,
     VersionedModelAdmin,
     operator_action_apply,
+    secret_show_once,
 )
 
 CONTROLLER_MAINTAINED = [
@@ -62,7 +64,7 @@ class AgentChangeForm(VersionedChangeForm):
 
 
 @admin.register(Agent)
-class AgentAdmin(VersionedModelAdmin):
+class AgentAdmin(SecretShownOnceMixin, VersionedModelAdmin):
     list_display = [
         "name",
         "tenant",
@@ -118,7 +120,7 @@ class AgentAdmin(VersionedModelAdmin):
             actor=actor_for_user(request.user),
         )
         obj.pk = created.agent.pk
-        messages.warning(request, f"API key for {obj.name} (shown once, copy it now): {created.api_key}")
+        secret_show_once(request, f"API key for {obj.name}", created.api_key)
 
     @admin.action(description="Revoke selected agents (requeues their jobs)", permissions=["change"])
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:

@@ -23,6 +23,7 @@ from controlplane.commands.priority import priority_policy
 from controlplane.commands.retries import retry_limit
 from controlplane.commands.transitions import requeue_values, terminal_values, values_when
 from controlplane.common.db import db_now, is_postgresql
+from controlplane.common.logsafe import log_safe
 from controlplane.tenants.models import Tenant
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,11 @@ class CommandNotFoundError(Exception):
 class CommandConflictError(Exception):
     """The command is not held by this agent at this attempt, or not in a state the report applies to."""
 
-    def __init__(self, command_id: int, status: str) -> None:
-        super().__init__(f"job {command_id} is {status} and not held by this agent at this attempt")
+    def __init__(self, command_id: int, status: str | None) -> None:
+        # The status is told only to the agent holding the job (a stale attempt of its own);
+        # another agent's job reads the same whatever its state, so ids cannot be probed.
+        where = f" is {status} and" if status is not None else ""
+        super().__init__(f"job {command_id}{where} not held by this agent at this attempt")
         self.status = status
 
 
@@ -114,7 +118,7 @@ def command_enqueue_many(
         "enqueued %d %s job(s) of kind %s for tenant %s",
         len(commands),
         "platform" if is_platform_job else "tenant",
-        kind,
+        log_safe(kind),
         tenant.pk,
     )
     return commands
@@ -313,10 +317,11 @@ def _report(
     visible = Command.objects.filter(pk=command_id, is_platform_job=agent.is_platform_agent)
     if agent.tenant_id is not None:
         visible = visible.filter(tenant_id=agent.tenant_id)
-    status = visible.values_list("status", flat=True).first()
-    if status is None:
+    found = visible.values_list("status", "agent_id").first()
+    if found is None:
         raise CommandNotFoundError(command_id)
-    raise CommandConflictError(command_id, status)
+    status, holder_id = found
+    raise CommandConflictError(command_id, status if holder_id == agent.pk else None)
 
 
 def command_report_start(agent: Agent, command_id: int, attempt: int) -> str:
@@ -353,7 +358,7 @@ def command_report_progress(agent: Agent, command_id: int, attempt: int, message
         },
     )
     if message:
-        log.debug("command %s progress: %s", command_id, message[:200])
+        log.debug("command %s progress: %s", command_id, log_safe(message[:200]))
     return status
 
 

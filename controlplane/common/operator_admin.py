@@ -13,9 +13,12 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ObjectDoesNotExist, ValidationError
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.cache import add_never_cache_headers, patch_cache_control
 
 from controlplane.common.actors import actor_for_user
 from controlplane.common.errors import ConcurrentModificationError, InvalidTransition, OperatorActionError
@@ -33,6 +36,59 @@ def concurrent_change_message(obj: Model, loaded: int, current: int | None) -> s
         f"(version {loaded} was loaded, the database now has {current}: a heartbeat, claim, controller "
         "or another operator wrote it). Nothing was saved."
     )
+
+
+_SECRET_ATTR = "_secret_shown_once"
+
+
+def secret_show_once(request: HttpRequest, label: str, secret: str) -> None:
+    """Have the admin's response to this POST show `secret` (SecretShownOnceMixin)."""
+    setattr(request, _SECRET_ATTR, (label, secret))
+
+
+class SecretShownOnceMixin:
+    """The add view answers its POST with a page that shows the new secret, instead of a
+    redirect carrying it in a message: messages live in a signed but readable cookie (or
+    the session table), so a secret put there outlives the response that shows it. The
+    page is marked no-store."""
+
+    def response_add(self, request: HttpRequest, obj: Any, post_url_continue: str | None = None) -> Any:
+        shown = getattr(request, _SECRET_ATTR, None)
+        if shown is None:
+            return super().response_add(request, obj, post_url_continue)  # type: ignore[misc]
+        label, secret = shown
+        admin_self: Any = self
+        opts = obj._meta
+        context = {
+            **admin_self.admin_site.each_context(request),
+            "title": label,
+            "label": label,
+            "secret": secret,
+            "object_name": str(obj),
+            "object_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk]),
+            "changelist_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
+            "opts": opts,
+        }
+        response = TemplateResponse(request, "admin/secret_shown_once.html", context)
+        add_never_cache_headers(response)
+        patch_cache_control(response, no_store=True)
+        return response
+
+
+class ActionPermissionDeniedMixin:
+    """A POSTed action that exists on the admin but not for this user is a 403, not Django's
+    "No action selected" page: a view-only user is refused, and nothing changes."""
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        # Checked before Django's own handling, which skips actions entirely when the user
+        # has none left (and then shows the list again with a 200).
+        if request.method == "POST":
+            name = request.POST.get("action", "")
+            admin_self: Any = self
+            known = {action_name for _func, action_name, _desc in admin_self._get_base_actions()}
+            if name in known and name not in admin_self.get_actions(request):
+                raise PermissionDenied(f"you may not run the action {name!r}")
+        return super().changelist_view(request, extra_context)  # type: ignore[misc]
 
 
 class VersionedChangeForm(forms.ModelForm):

@@ -10,14 +10,14 @@ from datetime import timedelta
 from typing import Any
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from controlplane.audit.services import audit_record
 from controlplane.common.actors import actor_for_user
-from controlplane.common.operator_admin import operator_action_apply
+from controlplane.common.operator_admin import SecretShownOnceMixin, operator_action_apply, secret_show_once
 from controlplane.tokens.models import BootstrapToken
 from controlplane.tokens.services import token_issue, token_revoke
 
@@ -33,7 +33,7 @@ class TokenIssueForm(forms.ModelForm):
 
 
 @admin.register(BootstrapToken)
-class BootstrapTokenAdmin(admin.ModelAdmin):
+class BootstrapTokenAdmin(SecretShownOnceMixin, admin.ModelAdmin):
     list_display = [
         "token_prefix",
         "description",
@@ -95,7 +95,7 @@ class BootstrapTokenAdmin(admin.ModelAdmin):
             created_by_id=request.user.pk,
         )
         obj.pk = issued.token.pk
-        messages.warning(request, f"Bootstrap token (shown once, copy it now): {issued.raw}")
+        secret_show_once(request, "Bootstrap token", issued.raw)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # tokens are revoked, and token-cleanup deletes them after the grace period

@@ -15,7 +15,6 @@ counted in `items`. Dry runs write no file and delete nothing (the runtime rolls
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar
@@ -24,9 +23,11 @@ from django.db.models import Count, Max, Min, QuerySet
 from pydantic import Field, field_validator
 
 from controlplane.audit.archive import (
+    ArchiveLocationError,
     ArchiveUnavailableError,
     ArchiveWriter,
     archive_file_name,
+    archive_folder_check,
     archive_payload,
     archive_writer,
 )
@@ -49,18 +50,22 @@ class AuditRetentionParams(ControllerParams):
     retention_days: int = Field(365, ge=1, le=36500, description="Audit logs older than this are deleted.")
     batch_size: int = Field(10000, ge=1, le=100_000, description="Rows per delete transaction.")
     archive_dir: str | None = Field(
-        None, description="If set, each batch is archived here (gzip JSON lines) before it is deleted."
+        None,
+        description="If set, each batch is archived (gzip JSON lines) before it is deleted, in this folder "
+        "relative to the AUDIT_ARCHIVE_ROOT setting (no '..', no symlinks; '.' is the root itself).",
     )
 
     @field_validator("archive_dir")
     @classmethod
-    def _absolute_folder(cls, value: str | None) -> str | None:
+    def _folder_under_root(cls, value: str | None) -> str | None:
         if value is None or value.strip() == "":
             return None
-        if "\x00" in value:
-            raise ValueError("must not contain a NUL character")
-        if not os.path.isabs(value):
-            raise ValueError("must be an absolute path (workers do not share a working directory)")
+        try:
+            # Checked on every read of the config, so a symlink planted after the save
+            # makes the config invalid (runs refused) as well as failing the writer.
+            archive_folder_check(value)
+        except ArchiveLocationError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
 
@@ -95,6 +100,8 @@ class AuditRetentionController(Controller):
             raise RetentionRefusedError(f"retention_days={params.retention_days} refused: must be >= 1")
         try:
             archive = archive_writer(params.archive_dir) if params.archive_dir else None
+        except ArchiveLocationError as exc:
+            raise RetentionRefusedError(f"archive_dir {exc}: nothing deleted") from exc
         except ArchiveUnavailableError as exc:
             raise RetentionRefusedError(f"{exc}: nothing deleted") from exc
         cutoff = ctx.now - timedelta(days=params.retention_days)

@@ -25,6 +25,13 @@ from tests.controllers.conftest import RunController, count_queries, run_context
 NAME = "audit-retention"
 
 
+@pytest.fixture(autouse=True)
+def archive_root(settings: Any, tmp_path: Path) -> Path:
+    """Archives go under the test's own folder: archive_dir "." is tmp_path itself."""
+    settings.AUDIT_ARCHIVE_ROOT = str(tmp_path)
+    return tmp_path
+
+
 def logs(now: datetime, ages_days: list[float]) -> list[int]:
     """Audit rows created `ages_days` ago, in that (id) order."""
     return [
@@ -104,7 +111,7 @@ def test_each_batch_commits_on_its_own_and_archive_precedes_the_delete(tmp_path:
     commits) while its rows are still present: archived twice at worst, never lost."""
     now = db_now()
     ids = logs(now, [500] * 30)
-    ctx = run_context(NAME, now=now, batch_size=10, archive_dir=str(tmp_path))
+    ctx = run_context(NAME, now=now, batch_size=10, archive_dir=".")
     batches_started = 0
     real_checkpoint = ctx.checkpoint
 
@@ -137,7 +144,7 @@ def test_archive_holds_exactly_the_deleted_rows(run_controller: RunController, t
     logs(now, [10, 5])
     before = {row["id"]: row for row in AuditLog.objects.filter(pk__in=old).values()}
 
-    result = run_controller(NAME, now=now, batch_size=10, archive_dir=str(tmp_path))
+    result = run_controller(NAME, now=now, batch_size=10, archive_dir=".")
 
     assert result.steps == {"deleted": 23}
     assert archived_ids(tmp_path) == old
@@ -164,10 +171,10 @@ def test_dry_run_deletes_nothing_writes_no_file_and_reports_the_count(
     now = db_now()
     logs(now, [800] * 12 + [2])
     before = table_snapshot(AuditLog)
-    dry = run_controller(NAME, now=now, dry_run=True, batch_size=5, archive_dir=str(tmp_path))
+    dry = run_controller(NAME, now=now, dry_run=True, batch_size=5, archive_dir=".")
     assert table_snapshot(AuditLog) == before  # not even the meta-audit row survives
     assert list(tmp_path.iterdir()) == []
-    real = run_controller(NAME, now=now, batch_size=5, archive_dir=str(tmp_path))
+    real = run_controller(NAME, now=now, batch_size=5, archive_dir=".")
     assert dry.steps == real.steps == {"deleted": 12}
     assert len(list(tmp_path.iterdir())) == 3
 
@@ -214,11 +221,11 @@ def test_unwritable_archive_dir_is_refused_at_run_time(run_controller: RunContro
     logs(now, [5000])
     before = table_snapshot(AuditLog)
     with pytest.raises(RetentionRefusedError, match="archive_dir"):
-        run_controller(NAME, now=now, archive_dir=str(tmp_path / "missing"))
+        run_controller(NAME, now=now, archive_dir="missing")
     afile = tmp_path / "file"
     afile.write_text("")
     with pytest.raises(RetentionRefusedError, match="archive_dir"):
-        run_controller(NAME, now=now, archive_dir=str(afile))
+        run_controller(NAME, now=now, archive_dir="file")
     assert table_snapshot(AuditLog) == before
 
 
@@ -253,10 +260,10 @@ def test_query_count_does_not_grow_with_rows() -> None:
 def test_params_and_warnings() -> None:
     params = AuditRetentionParams()
     assert (params.retention_days, params.batch_size, params.archive_dir) == (365, 10000, None)
-    for field, value in (("batch_size", 0), ("batch_size", 100_001), ("archive_dir", "relative/dir")):
+    for field, value in (("batch_size", 0), ("batch_size", 100_001), ("archive_dir", "/srv/a")):
         with pytest.raises(ValidationError, match=field):
             AuditRetentionParams.model_validate({field: value})
-    AuditRetentionParams.model_validate({"retention_days": 1, "batch_size": 100_000, "archive_dir": "/srv/a"})
+    AuditRetentionParams.model_validate({"retention_days": 1, "batch_size": 100_000, "archive_dir": "a/b"})
     controller = controller_get(NAME)
     assert controller.config_warnings(AuditRetentionParams()) == []
     warnings: Any = controller.config_warnings(AuditRetentionParams(retention_days=364))

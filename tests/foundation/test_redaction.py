@@ -196,15 +196,16 @@ def test_only_the_secret_part_of_a_value_goes() -> None:
 
 @pytest.mark.django_db
 def test_the_archive_holds_no_secret_even_from_rows_written_before_a_rule(
-    tmp_path: Path, redis_client: Any
+    tmp_path: Path, redis_client: Any, settings: Any
 ) -> None:
     """Rows in the table are never rewritten; their archive copy is redacted on the way out."""
+    settings.AUDIT_ARCHIVE_ROOT = str(tmp_path)
     leaked = "postgres://app:hunter2hunter2@db/app"
     old = db_now() - timedelta(days=400)
     AuditLog.objects.create(  # as an earlier release stored it, redaction bypassed
         created_at=old, actor="user:x", action="test.old", resource_type="t", details={"target": leaked}
     )
-    config_update("audit-retention", {"params": {"archive_dir": str(tmp_path)}}, actor="user:test")
+    config_update("audit-retention", {"params": {"archive_dir": "."}}, actor="user:test")
     assert run_controller("audit-retention", force=True, trigger="test").items == 1
     archived = []
     for path in tmp_path.iterdir():

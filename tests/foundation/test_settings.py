@@ -213,6 +213,31 @@ def test_a_bad_connection_liveness_value_is_refused_naming_it_whatever_the_datab
     assert str(refused.value).startswith(f"{variable} is malformed")
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("AUDIT_ARCHIVE_ROOT", "relative/archive"),
+        ("TRUSTED_PROXY_COUNT", "-1"),
+        ("ADMIN_LOGIN_FAILURE_LIMIT", "0"),
+        ("ADMIN_LOGIN_LOCKOUT_MINUTES", "soon"),
+        ("API_REGISTER_BURST", "0"),
+        ("API_REGISTER_WINDOW_SECONDS", "-5"),
+        ("API_UNAUTHORIZED_BURST", "many"),
+        ("API_UNAUTHORIZED_WINDOW_SECONDS", "0"),
+        ("API_JSON_MAX_DEPTH", "1"),
+        ("WORKER_METRICS_HOST", "all-interfaces"),
+    ],
+)
+def test_bad_security_setting_is_refused_naming_the_variable(
+    variable: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEBUG", "1")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ImproperlyConfigured) as refused:
+        runpy.run_path(str(ROOT / "controlplane" / "settings.py"))
+    assert str(refused.value).startswith(f"{variable} is malformed")
+
+
 def test_postgresql_connections_get_keepalives_and_a_tcp_user_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -239,3 +264,15 @@ def test_postgresql_connections_get_keepalives_and_a_tcp_user_timeout(
     monkeypatch.setenv("DATABASE_URL", "sqlite:////tmp/cp-liveness.sqlite3")
     options = runpy.run_path(str(ROOT / "controlplane" / "settings.py"))["DATABASES"]["default"]["OPTIONS"]
     assert "keepalives" not in options
+
+
+def test_security_defaults_trust_no_proxy_and_bind_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEBUG", "1")
+    for variable in ("TRUSTED_PROXY_COUNT", "WORKER_METRICS_HOST", "API_JSON_MAX_DEPTH"):
+        monkeypatch.delenv(variable, raising=False)
+    values = runpy.run_path(str(ROOT / "controlplane" / "settings.py"))
+    assert values["TRUSTED_PROXY_COUNT"] == 0
+    assert values["SECURE_PROXY_SSL_HEADER"] is None  # X-Forwarded-Proto is not believed
+    assert values["WORKER_METRICS_HOST"] == "127.0.0.1"
+    assert values["API_JSON_MAX_DEPTH"] == 64
+    assert values["AXES_LOCKOUT_PARAMETERS"] == [["username", "ip_address"]]

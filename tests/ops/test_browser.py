@@ -120,3 +120,81 @@ def test_tune_a_controller_dry_run_it_and_see_the_run(
     assert run.outcome == RunOutcome.SUCCESS
     assert panel.find_element(By.CLASS_NAME, "rc-fence").text == str(run.fence)
     assert panel.find_elements(By.CSS_SELECTOR, "svg.rc-chart circle")
+
+
+def _login(browser: Any, url: str, username: str, password: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{url}/admin/login/")
+    browser.find_element(By.NAME, "username").send_keys(username)
+    browser.find_element(By.NAME, "password").send_keys(password)
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+
+
+def test_least_privilege_lockout_and_secrets_in_the_browser(
+    browser: Any, live_server: Any, transactional_db: Any, redis_client: Any, settings: Any
+) -> None:
+    """issue 16 in the admin: a staff user with only the general config permission sees
+    audit-retention read-only and gets a 403 for Run now on it; a bootstrap token is shown on
+    the page that answers the save and in no cookie; five wrong passwords lock the sixth
+    attempt out, the right password included."""
+    from django.contrib.auth.models import Permission
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from controlplane.audit.models import AuditLog
+    from controlplane.tokens.models import BootstrapToken
+
+    wait = WebDriverWait(browser, WAIT_SECONDS)
+    settings.AXES_FAILURE_LIMIT = 5
+    tuner = User.objects.create_user("tuner", password="tuner-pass-1234", is_staff=True)
+    tuner.user_permissions.set(
+        Permission.objects.filter(
+            codename__in=["view_reconcilerconfig", "change_reconcilerconfig", "add_bootstraptoken"]
+        )
+    )
+    retention = ReconcilerConfig.objects.get(controller="audit-retention")
+    audit_rows = AuditLog.objects.count()
+
+    _login(browser, live_server.url, "tuner", "tuner-pass-1234")
+    wait.until(ec.presence_of_element_located((By.ID, "user-tools")))
+
+    # audit-retention's change page is read-only for this user: no params box, no save button.
+    browser.get(f"{live_server.url}/admin/reconcilers/reconcilerconfig/{retention.pk}/change/")
+    wait.until(ec.presence_of_element_located((By.ID, "content")))
+    assert not browser.find_elements(By.ID, "id_params")
+    assert not browser.find_elements(By.NAME, "_save")
+
+    # Run now on it from the list: 403, nothing ran, nothing audited.
+    browser.get(f"{live_server.url}/admin/reconcilers/reconcilerconfig/")
+    checkbox = wait.until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, f"input.action-select[value='{retention.pk}']"))
+    )
+    checkbox.click()
+    Select(browser.find_element(By.NAME, "action")).select_by_value("run_now")
+    browser.find_element(By.NAME, "index").click()
+    wait.until(ec.presence_of_element_located((By.TAG_NAME, "h1")))
+    assert "403" in browser.page_source or "Forbidden" in browser.page_source
+    assert not ReconcileRun.objects.filter(controller="audit-retention").exists()
+    assert AuditLog.objects.count() == audit_rows
+
+    # A new bootstrap token: on the page that answers the save, in no cookie.
+    browser.get(f"{live_server.url}/admin/tokens/bootstraptoken/add/")
+    wait.until(ec.presence_of_element_located((By.ID, "id_description"))).send_keys("browser")
+    browser.find_element(By.NAME, "_save").click()
+    secret = wait.until(ec.presence_of_element_located((By.ID, "secret-shown-once"))).text
+    assert secret.startswith("cpb_")
+    assert BootstrapToken.objects.filter(description="browser").exists()
+    browser.get(f"{live_server.url}/admin/")
+    assert all(secret not in cookie["value"] for cookie in browser.get_cookies())
+    assert secret not in browser.page_source
+
+    # Lockout: five wrong passwords, then the right one is refused too.
+    browser.delete_all_cookies()
+    for _ in range(5):
+        _login(browser, live_server.url, "tuner", "wrong-password")
+    _login(browser, live_server.url, "tuner", "tuner-pass-1234")
+    wait.until(ec.presence_of_element_located((By.TAG_NAME, "body")))
+    assert "locked" in browser.page_source.lower()
+    assert not browser.find_elements(By.ID, "user-tools")

@@ -129,9 +129,9 @@ def test_make_demo_from_a_clean_clone(clone: Path) -> None:
     groups: set[int] = set()
     try:
         started = time.monotonic()
-        password_file = clone / "var/demo/admin-password"
+        password_file = clone / "var/demo/flower-password"
         while True:
-            auth = f"admin:{password_file.read_text().strip()}" if password_file.exists() else None
+            auth = f"flower:{password_file.read_text().strip()}" if password_file.exists() else None
             up = {
                 "admin": _status(f"{web}/admin/login/") == 200,
                 "metrics": _status(f"{web}/metrics") == 200,
@@ -147,6 +147,16 @@ def test_make_demo_from_a_clean_clone(clone: Path) -> None:
             time.sleep(1)
         startup_seconds = time.monotonic() - started
         assert _status(flower) == 401  # Flower is never open without the login
+        # Flower's password is random, its own (not the admin's), and the embedded Redis wants one.
+        admin_password = (clone / "var/demo/admin-password").read_text().strip()
+        assert password_file.read_text().strip() != admin_password
+        assert _status(flower, f"admin:{admin_password}") == 401
+        redis_conf = (clone / "var/demo/redis.conf").read_text()
+        assert "requirepass " in redis_conf
+        assert "bind 127.0.0.1" in redis_conf
+        with socket.create_connection(("127.0.0.1", ports["DEMO_REDIS_PORT"]), timeout=5) as raw:
+            raw.sendall(b"PING\r\n")
+            assert raw.recv(100).startswith(b"-NOAUTH")
 
         database = clone / "var/controlplane.sqlite3"
         deadline = time.monotonic() + RUNS_LIMIT_SECONDS

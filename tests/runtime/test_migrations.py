@@ -110,3 +110,43 @@ def test_upgrade_keeps_only_operator_set_params_so_the_heartbeat_setting_moves_t
         with pytest.raises(ConfigValidationError) as refused:
             config_update("agent-health", {"params": {"stale_timeout_seconds": 90}}, actor="user:ops")
         assert refused.value.field == "params.stale_timeout_seconds"
+
+
+BEFORE_ARCHIVE_ROOT = ("reconcilers", "0005_config_rows_store_only_operator_set_params")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [("inside", "archives/audit"), ("root", "."), ("outside", None)],
+)
+def test_upgrade_makes_an_absolute_archive_dir_inside_the_root_relative(
+    tmp_path: Any, where: str, expected: str | None, capsys: Any
+) -> None:
+    root = tmp_path / "root"
+    (root / "archives" / "audit").mkdir(parents=True)
+    value = {
+        "inside": str(root / "archives" / "audit"),
+        "root": str(root),
+        "outside": str(tmp_path / "elsewhere"),
+    }[where]
+    migrate_to(BEFORE_ARCHIVE_ROOT)
+    ReconcilerConfig.objects.filter(controller="audit-retention").update(
+        params={"retention_days": 400, "archive_dir": value}
+    )
+    version = ReconcilerConfig.objects.get(controller="audit-retention").version
+
+    with override_settings(AUDIT_ARCHIVE_ROOT=str(root)):
+        migrate_to(latest())
+        row = ReconcilerConfig.objects.get(controller="audit-retention")
+        config = config_of("audit-retention")
+
+    if expected is None:
+        assert row.params == {"retention_days": 400, "archive_dir": value}
+        assert row.version == version
+        assert not config.valid  # runs refused: nothing is deleted unarchived
+        assert value in capsys.readouterr().out
+    else:
+        assert row.params == {"retention_days": 400, "archive_dir": expected}
+        assert row.version == version + 1
+        assert config.valid, config.error

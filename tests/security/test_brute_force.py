@@ -1,0 +1,152 @@
+"""Brute-force limits: the admin lockout (django-axes) and the agent API throttles (Django cache in Redis)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+from unittest import mock
+
+import pytest
+import redis
+from django.contrib.auth.models import User
+from django.core.cache import cache
+from django.core.management import call_command
+from django.test import Client
+
+from controlplane.api import throttle
+from controlplane.common.client import client_address
+
+REGISTER = "/api/v1/agents/register"
+LOGIN = "/admin/login/?next=/admin/"
+BAD_BODY = {"bootstrap_token": "cpb_wrong", "name": "guess", "capabilities": []}
+
+
+@pytest.fixture
+def limits(settings: Any) -> Any:
+    settings.API_REGISTER_BURST = 5
+    settings.API_REGISTER_WINDOW_SECONDS = 600
+    settings.API_UNAUTHORIZED_BURST = 1000  # a wrong token is a 401 too: out of the way here
+    settings.API_UNAUTHORIZED_WINDOW_SECONDS = 600
+    return settings
+
+
+def fresh_address() -> str:
+    """A client address no earlier test (or run) has counted: counters live in Redis."""
+    return f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
+
+
+def register(client: Client, address: str, **headers: str) -> Any:
+    return client.post(REGISTER, BAD_BODY, content_type="application/json", REMOTE_ADDR=address, **headers)
+
+
+def login(client: Client, address: str, password: str) -> Any:
+    return client.post(LOGIN, {"username": "ops", "password": password}, REMOTE_ADDR=address)
+
+
+@pytest.mark.django_db
+def test_admin_lockout_refuses_the_right_password_after_the_limit(settings: Any) -> None:
+    settings.AXES_FAILURE_LIMIT = 5
+    User.objects.create_superuser("ops", "ops@example.com", "the-right-pw-1")
+    client = Client()
+    address = fresh_address()
+    statuses = [login(client, address, "wrong").status_code for _ in range(5)]
+    assert statuses == [200] * 4 + [429]  # the form again, then the 5th failure locks out
+    response = login(client, address, "the-right-pw-1")
+    assert response.status_code == 429
+    assert "_auth_user_id" not in client.session
+    # Another address is not locked out for this username (lockout is username + address).
+    other = Client()
+    assert login(other, fresh_address(), "the-right-pw-1").status_code == 302
+    # axes_reset (documented in the README) lifts it.
+    call_command("axes_reset", verbosity=0)
+    assert login(client, address, "the-right-pw-1").status_code == 302
+
+
+@pytest.mark.django_db
+def test_register_answers_429_with_retry_after_after_the_burst(limits: Any) -> None:
+    client = Client()
+    address = fresh_address()
+    statuses = [register(client, address).status_code for _ in range(5)]
+    assert statuses == [401] * 5
+    refused = register(client, address)
+    assert refused.status_code == 429
+    assert refused.json()["error"] == "too_many_requests"
+    assert 1 <= int(refused["Retry-After"]) <= 600
+    assert register(Client(), fresh_address()).status_code == 401  # another address: its own count
+
+
+@pytest.mark.django_db
+def test_rotating_x_forwarded_for_does_not_reset_the_counter(limits: Any) -> None:
+    client = Client()
+    address = fresh_address()
+    # No trusted proxy: the header is ignored entirely.
+    statuses = [register(client, address, HTTP_X_FORWARDED_FOR=fresh_address()).status_code for _ in range(6)]
+    assert statuses == [401] * 5 + [429]
+    # One trusted proxy: only the address it appended counts, whatever the client put before it.
+    limits.TRUSTED_PROXY_COUNT = 1
+    proxy, real = fresh_address(), fresh_address()
+    statuses = [
+        register(client, proxy, HTTP_X_FORWARDED_FOR=f"{fresh_address()}, {real}").status_code
+        for _ in range(6)
+    ]
+    assert statuses == [401] * 5 + [429]
+
+
+def test_client_address_follows_the_trusted_proxy_count(settings: Any) -> None:
+    request = mock.Mock(
+        META={"REMOTE_ADDR": "10.0.0.9", "HTTP_X_FORWARDED_FOR": "6.6.6.6, 1.2.3.4, 10.0.0.5"}
+    )
+    settings.TRUSTED_PROXY_COUNT = 0
+    assert client_address(request) == "10.0.0.9"
+    settings.TRUSTED_PROXY_COUNT = 1
+    assert client_address(request) == "10.0.0.5"
+    settings.TRUSTED_PROXY_COUNT = 2
+    assert client_address(request) == "1.2.3.4"
+    settings.TRUSTED_PROXY_COUNT = 5  # fewer hops than proxies: only REMOTE_ADDR is trustworthy
+    assert client_address(request) == "10.0.0.9"
+
+
+@pytest.mark.django_db
+def test_repeated_401s_lock_the_address_out_of_the_api(limits: Any) -> None:
+    limits.API_UNAUTHORIZED_BURST = 3
+    client = Client()
+    address = fresh_address()
+    bad = {"HTTP_AUTHORIZATION": "Bearer cpk_guess", "REMOTE_ADDR": address}
+    statuses = [client.post("/api/v1/agents/heartbeat", **bad).status_code for _ in range(4)]
+    assert statuses == [401, 401, 401, 429]
+    refused = client.post("/api/v1/jobs/claim", **bad)
+    assert refused.status_code == 429
+    assert "Retry-After" in refused
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_registrations_let_at_most_the_burst_through(limits: Any) -> None:
+    address = fresh_address()
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        status = register(Client(), address).status_code
+        with lock:
+            statuses.append(status)
+
+    threads = [threading.Thread(target=one) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses.count(401) == 5  # INCR is atomic: exactly the burst
+    assert statuses.count(429) == 15
+
+
+@pytest.mark.django_db
+def test_cache_errors_fail_open(limits: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise redis.ConnectionError("injected: redis unreachable")
+
+    monkeypatch.setattr(cache, "incr", down)
+    monkeypatch.setattr(cache, "get", down)
+    address = fresh_address()
+    assert [register(Client(), address).status_code for _ in range(8)] == [401] * 8
+    assert throttle.throttle_hit(throttle.register_limit(), address) is None
