@@ -14,6 +14,9 @@ from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
+from controlplane.agents.services import AgentNotActiveError
+from controlplane.api.auth import auth_forget
+
 log = logging.getLogger(__name__)
 
 UNAUTHORIZED_DETAIL = "missing or invalid credentials"
@@ -62,6 +65,16 @@ def install_error_handlers(api: NinjaAPI) -> None:
     def on_authentication(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
         # One body for every cause (missing header, unknown key, inactive agent): a caller
         # learns nothing about which keys or agents exist.
+        return error_response(api, request, 401, "unauthorized", UNAUTHORIZED_DETAIL)
+
+    @api.exception_handler(AgentNotActiveError)
+    def on_agent_not_active(request: HttpRequest, exc: AgentNotActiveError) -> HttpResponse:
+        # The key authenticated (perhaps from this process's cache), but the write's own
+        # status check found the agent disabled or revoked meanwhile: the same 401, and the
+        # key is forgotten so the next request asks the database (auth.py).
+        key = getattr(request, "agent_key", None)
+        if key:
+            auth_forget(key)
         return error_response(api, request, 401, "unauthorized", UNAUTHORIZED_DETAIL)
 
     @api.exception_handler(HttpError)
