@@ -205,15 +205,17 @@ INSTALLED_APPS = [
     "controlplane.demo",  # after the apps whose admin it extends
 ]
 
+# Session, CSRF, authentication and messages are Django's, wrapped to step aside for the
+# agent API (/api/v1/), whose clients hold a bearer key and no cookie (controlplane/api/middleware.py).
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    "controlplane.api.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "controlplane.api.middleware.CsrfViewMiddleware",
+    "controlplane.api.middleware.AuthenticationMiddleware",
+    "controlplane.api.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
