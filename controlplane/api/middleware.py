@@ -10,14 +10,14 @@ run for the API.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from django.contrib.auth import middleware as auth
 from django.contrib.messages import middleware as messages
 from django.contrib.sessions import middleware as sessions
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponseForbidden
 from django.middleware import csrf
+from django.utils.deprecation import MiddlewareMixin
 
 AGENT_API_PATH_PREFIX = "/api/v1/"
 
@@ -26,17 +26,14 @@ def is_agent_api(request: HttpRequest) -> bool:
     return request.path_info.startswith(AGENT_API_PATH_PREFIX)
 
 
-class _BrowserOnly:
+class _BrowserOnly(MiddlewareMixin):
     """Runs the Django middleware it is mixed into, except for the agent API, whose requests
     go straight on. Subclasses of Django's own, so the admin's system checks find them."""
 
-    get_response: Callable[[HttpRequest], HttpResponse]
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    def __call__(self, request: HttpRequest) -> Any:
         if is_agent_api(request):
             return self.get_response(request)
-        response: HttpResponse = super().__call__(request)  # type: ignore[misc]
-        return response
+        return super().__call__(request)
 
 
 class SessionMiddleware(_BrowserOnly, sessions.SessionMiddleware):
@@ -44,7 +41,9 @@ class SessionMiddleware(_BrowserOnly, sessions.SessionMiddleware):
 
 
 class CsrfViewMiddleware(_BrowserOnly, csrf.CsrfViewMiddleware):
-    def process_view(self, request: HttpRequest, view: Any, args: Any, kwargs: Any) -> HttpResponse | None:
+    def process_view(
+        self, request: HttpRequest, view: Any, args: Any, kwargs: Any
+    ) -> HttpResponseForbidden | None:
         if is_agent_api(request):
             return None
         return super().process_view(request, view, args, kwargs)
