@@ -205,10 +205,12 @@ INSTALLED_APPS = [
     "controlplane.demo",  # after the apps whose admin it extends
 ]
 
-# Session, CSRF, authentication and messages are Django's, wrapped to step aside for the
-# agent API (/api/v1/), whose clients hold a bearer key and no cookie (controlplane/api/middleware.py).
+# The agent API's lighter path (controlplane/api/middleware.py): session, CSRF, authentication
+# and messages are Django's, wrapped to step aside for /api/v1/ (bearer keys, no cookies), and
+# the API skips the per-request connection health check.
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "controlplane.api.middleware.AgentApiConnectionMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "controlplane.api.middleware.SessionMiddleware",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -76,6 +77,18 @@ def install_error_handlers(api: NinjaAPI) -> None:
         if key:
             auth_forget(key)
         return error_response(api, request, 401, "unauthorized", UNAUTHORIZED_DETAIL)
+
+    def on_database_unavailable(request: HttpRequest, exc: Exception) -> HttpResponse:
+        # The database is unreachable, or this worker's connection was closed under it (the
+        # agent API skips the per-request health check, middleware.py). Django drops the
+        # connection after this request; the agent retries at its next interval.
+        log.warning("agent API: database unavailable: %s", exc)
+        response = error_response(api, request, 503, "unavailable", "the database is unavailable; retry")
+        response["Retry-After"] = "1"
+        return response
+
+    api.add_exception_handler(OperationalError, on_database_unavailable)
+    api.add_exception_handler(InterfaceError, on_database_unavailable)
 
     @api.exception_handler(HttpError)
     def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:

@@ -6,9 +6,13 @@ figure covers authentication too (design.md §9).
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Callable, Iterator
 
+import psycopg
 import pytest
+from django.core.handlers.wsgi import WSGIHandler
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -23,6 +27,14 @@ from tests.api.conftest import KeyedAgent, assert_error, post_json
 HEARTBEAT = "/api/v1/agents/heartbeat"
 CLAIM = "/api/v1/jobs/claim"
 MAX_HEARTBEAT_STATEMENTS = 3  # the issue's bound, authentication included
+
+
+def _conninfo() -> str:
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    params.pop("prepare_threshold", None)
+    return psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v not in (None, "")})
 
 
 @pytest.fixture(autouse=True)
@@ -144,3 +156,50 @@ def test_the_agent_api_skips_session_csrf_user_and_messages(
     assert hasattr(login.wsgi_request, "session")
     assert hasattr(login.wsgi_request, "user")
     assert "csrftoken" in login.cookies
+
+
+def _served(method: str, path: str, key: str = "") -> tuple[int, bytes]:
+    """One request through Django's WSGI handler, as gunicorn calls it: unlike the test
+    client, it runs the request_started/finished connection housekeeping."""
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "HTTP_HOST": "127.0.0.1",
+        "wsgi.input": io.BytesIO(b""),
+        "CONTENT_LENGTH": "0",
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": io.StringIO(),
+    }
+    if key:
+        environ["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    status: list[str] = []
+    response = WSGIHandler()(environ, lambda line, headers: status.append(line))
+    try:
+        body = b"".join(response)
+    finally:
+        response.close()  # request_finished: Django's connection housekeeping
+    return int(status[0].split()[0]), body
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_closed_connection_costs_the_agent_api_one_503_and_the_admin_nothing(
+    make_keyed_agent: Callable[..., KeyedAgent],
+) -> None:
+    """The agent API skips the per-request health check: a connection the server closed
+    fails one request with 503 `unavailable`, and the next request reconnects."""
+    keyed = make_keyed_agent()
+    assert _served("POST", HEARTBEAT, keyed.key)[0] == 200
+
+    def connection_killed() -> None:  # fault injection: a database restart, for this worker
+        with psycopg.connect(_conninfo(), autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", [connection.connection.info.backend_pid])
+
+    connection_killed()
+    status, body = _served("POST", HEARTBEAT, keyed.key)
+    assert (status, json.loads(body)["error"]) == (503, "unavailable")
+    assert _served("POST", HEARTBEAT, keyed.key)[0] == 200
+    connection_killed()
+    assert _served("GET", "/admin/login/")[0] == 200  # the health check reconnected first
