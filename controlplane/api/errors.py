@@ -78,7 +78,7 @@ def install_error_handlers(api: NinjaAPI) -> None:
             auth_forget(key)
         return error_response(api, request, 401, "unauthorized", UNAUTHORIZED_DETAIL)
 
-    def on_database_unavailable(request: HttpRequest, exc: Exception) -> HttpResponse:
+    def on_database_unavailable(request: HttpRequest, exc: Any) -> HttpResponse:
         # The database is unreachable, or this worker's connection was closed under it (the
         # agent API skips the per-request health check, middleware.py). Django drops the
         # connection after this request; the agent retries at its next interval.

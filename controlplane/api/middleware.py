@@ -75,4 +75,5 @@ class AgentApiConnectionMiddleware(MiddlewareMixin):
     def process_request(self, request: HttpRequest) -> None:
         if is_agent_api(request):
             for alias in connections:
-                connections[alias].health_check_done = True
+                # Django's own flag, set after each check (django.db.backends.base.base).
+                connections[alias].health_check_done = True  # type: ignore[attr-defined]
