@@ -52,7 +52,7 @@ api = NinjaAPI(
 )
 install_error_handlers(api)
 
-_ERRORS_AUTH: dict[int, Any] = {400: ErrorOut, 401: ErrorOut}
+_ERRORS_AUTH: dict[int, Any] = {400: ErrorOut, 401: ErrorOut, 503: ErrorOut}
 _ERRORS_REPORT: dict[int, Any] = {**_ERRORS_AUTH, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut}
 JobId = Path(..., ge=1, le=MAX_ID, description="The job's id, from the claim.")
 
@@ -74,7 +74,7 @@ def _reject_malformed_body(request: HttpRequest) -> None:
 
 @api.post(
     "/agents/register",
-    response={201: RegisterOut, 400: ErrorOut, 401: ErrorOut, 422: ErrorOut},
+    response={201: RegisterOut, 400: ErrorOut, 401: ErrorOut, 422: ErrorOut, 503: ErrorOut},
     auth=None,
     summary="Register a platform agent with a bootstrap token",
     description="Every token failure (unknown, malformed, expired, exhausted, revoked) gets the "

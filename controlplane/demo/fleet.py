@@ -71,8 +71,13 @@ class _Pool:
         for _ in range(size):
             self.idle.put_nowait(None)  # opened on first use
 
-    async def post(self, key: str) -> int:
+    async def post(self, key: str, deadline: float) -> int | None:
+        """The answer's status (0 when the request failed), or None if the run ended while
+        this request waited for a free connection (not sent, not counted)."""
         stream = await self.idle.get()
+        if time.monotonic() >= deadline:
+            self.idle.put_nowait(stream)
+            return None
         try:
             if stream is None:
                 stream = await asyncio.wait_for(
@@ -106,6 +111,8 @@ async def _agent_loop(
     pool: _Pool, key: str, interval: float, deadline: float, rng: random.Random, result: FleetResult,
     stale_timeout: float,
 ) -> None:  # fmt: skip
+    # Like an agent: the next heartbeat `interval` after the previous answer, the first one
+    # at a random point of the first interval.
     started = time.monotonic()
     last_ok = started
     max_gap = 0.0
@@ -113,9 +120,12 @@ async def _agent_loop(
     while next_at < deadline:
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         sent = time.monotonic()
-        status = await pool.post(key)
+        status = await pool.post(key, deadline)
+        if status is None:
+            break
         done = time.monotonic()
         result.latencies_ms.append((done - sent) * 1000)
+        next_at = done + interval
         if status == 200:
             result.heartbeats += 1
             if last_ok != started:  # the first beat's wait is the spreading, not a gap
@@ -123,7 +133,8 @@ async def _agent_loop(
             last_ok = done
         else:
             result.failures += 1
-        next_at += interval
+    if last_ok != started:  # a fleet that stops answering is late at the end too
+        max_gap = max(max_gap, min(deadline, time.monotonic()) - last_ok)
     result.max_gap_seconds = max(result.max_gap_seconds, max_gap)
     result.late_agents += max_gap > stale_timeout
 
