@@ -9,7 +9,8 @@ HTTP/1.1 connections, each sending its next heartbeat as soon as the previous an
 arrives) drives them in turn: for each connection count, trial 1 project, trial 1 floor,
 trial 2 project, ... so load from other processes on the machine hits both alike. Each
 run is measured after a warm-up; its CPU per heartbeat is the CPU time the server's
-gunicorn processes and its PostgreSQL backends used during the run, over its heartbeats.
+gunicorn processes and its PostgreSQL backends used during the run, over its heartbeats
+(sampled twice a second, so a backend reopened meanwhile is counted).
 The fleet (90 % platform agents, 10 % tenant agents) heartbeats round robin. The fleet a
 server sustains at the heartbeat interval is heartbeats/s x interval.
 
@@ -27,6 +28,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HEARTBEAT_PATH = "/api/v1/agents/heartbeat"
 PORTS = {"project": 17221, "floor": 17222}  # loopback ports of the two servers
 WARMUP_SECONDS = 2.0
+SAMPLE_SECONDS = 0.5  # CPU sampling period during a run
 HEARTBEAT_INTERVAL_SECONDS = 30  # the default AGENT_HEARTBEAT_INTERVAL_SECONDS
 TENANT_AGENT_FRACTION = 0.1
 RATIO_TARGET = 0.6  # project / floor heartbeats/s at 64 connections (goal 0.8)
@@ -138,16 +141,55 @@ def server_stop(server: subprocess.Popen[bytes]) -> None:
     server.wait(timeout=30)
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes so far (Linux /proc)."""
-    total = 0
+def _cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds of each of these processes so far (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
-            continue  # a process that ended: its CPU is lost from both samples alike
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
+            continue
+        seconds[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return seconds
+
+
+class CpuSampler(threading.Thread):
+    """CPU seconds used by a server's gunicorn processes and its PostgreSQL backends during a
+    run, sampled every SAMPLE_SECONDS: a backend that ends during the run (CONN_MAX_AGE
+    reopens each worker's connection every minute) counts up to its last sample, one that
+    starts counts from zero."""
+
+    def __init__(self, name: str, server: subprocess.Popen[bytes]) -> None:
+        super().__init__(name=f"cpu-{name}", daemon=True)
+        self.server_name, self.server = name, server
+        self.stop_event = threading.Event()
+        self.baseline: tuple[dict[int, float], dict[int, float]] = self._sample()
+        self.last = ({**self.baseline[0]}, {**self.baseline[1]})
+
+    def _sample(self) -> tuple[dict[int, float], dict[int, float]]:
+        return _cpu_seconds(_gunicorn_pids(self.server)), _cpu_seconds(_backend_pids(self.server_name))
+
+    def run(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self.stop_event.wait(SAMPLE_SECONDS):
+                for last, now in zip(self.last, self._sample(), strict=True):
+                    last.update(now)
+        finally:
+            connection.close()
+
+    def used(self) -> tuple[float, float]:
+        self.stop_event.set()
+        self.join()
+        for last, now in zip(self.last, self._sample(), strict=True):
+            last.update(now)
+        gunicorn, postgres = (
+            sum(cpu - base.get(pid, 0.0) for pid, cpu in last.items())
+            for base, last in zip(self.baseline, self.last, strict=True)
+        )
+        return gunicorn, postgres
 
 
 def _gunicorn_pids(server: subprocess.Popen[bytes]) -> list[int]:
@@ -222,13 +264,12 @@ def measure_run(
 ) -> Run:
     port = PORTS[name]
     asyncio.run(_load(port, keys, connections, WARMUP_SECONDS))  # opens every worker's connection
-    gunicorn = _gunicorn_pids(server)
-    backends = _backend_pids(name)
-    cpu_before = _cpu_seconds(gunicorn), _cpu_seconds(backends)
+    sampler = CpuSampler(name, server)
+    sampler.start()
     started = time.monotonic()
     latencies, errors = asyncio.run(_load(port, keys, connections, seconds))
     elapsed = time.monotonic() - started
-    cpu_after = _cpu_seconds(gunicorn), _cpu_seconds(backends)
+    gunicorn_cpu_s, postgres_cpu_s = sampler.used()
     return Run(
         server=name,
         connections=connections,
@@ -237,8 +278,8 @@ def measure_run(
         seconds=elapsed,
         p50_ms=_percentile(latencies, 0.5),
         p99_ms=_percentile(latencies, 0.99),
-        gunicorn_cpu_s=cpu_after[0] - cpu_before[0],
-        postgres_cpu_s=cpu_after[1] - cpu_before[1],
+        gunicorn_cpu_s=gunicorn_cpu_s,
+        postgres_cpu_s=postgres_cpu_s,
     )
 
 
