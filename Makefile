@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install lock lock-check audit run demo screenshot test test-postgres test-sqlite test-matrix lint format typecheck \
-	migrations-check check bench stress clean
+	migrations-check check bench bench-heartbeats stress clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -107,6 +107,13 @@ bench: install ## benchmarks at a million rows against the SQL floor and the nai
 	@psql "$(BENCH_PG_URL)" -c 'SELECT 1' >/dev/null 2>&1 || psql "$(dir $(BENCH_PG_URL))postgres" -qc 'CREATE DATABASE $(notdir $(BENCH_PG_URL))'
 	DEBUG=0 SECRET_KEY=bench-only-not-a-secret-0123456789abcdefghijklmnopqrstuvwxyz ALLOWED_HOSTS=127.0.0.1 LOG_LEVEL=WARNING \
 		DATABASE_URL=$(BENCH_PG_URL) $(PY) -m bench.run --out docs/benchmarks.md $(BENCH_ARGS)
+	@$(MAKE) --no-print-directory bench-heartbeats
+
+HEARTBEAT_BENCH_ARGS ?=
+bench-heartbeats: install ## heartbeats over HTTP, the project against the raw-psycopg floor app under the same gunicorn (16/64 connections; ~3 min; writes its section of docs/benchmarks.md)
+	@psql "$(BENCH_PG_URL)" -c 'SELECT 1' >/dev/null 2>&1 || psql "$(dir $(BENCH_PG_URL))postgres" -qc 'CREATE DATABASE $(notdir $(BENCH_PG_URL))'
+	DEBUG=0 SECRET_KEY=bench-only-not-a-secret-0123456789abcdefghijklmnopqrstuvwxyz ALLOWED_HOSTS=127.0.0.1 LOG_LEVEL=WARNING \
+		DATABASE_URL=$(BENCH_PG_URL) $(PY) -m bench.heartbeats --out docs/benchmarks.md $(HEARTBEAT_BENCH_ARGS)
 
 STRESS_PG_URL ?= postgres://postgres@127.0.0.1:5432/controlplane_stress
 STRESS_ARGS ?=

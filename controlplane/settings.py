@@ -273,17 +273,21 @@ AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
 ]
 
+# The agent API's lighter path (controlplane/api/middleware.py): session, CSRF, authentication
+# and messages are Django's, wrapped to step aside for /api/v1/ (bearer keys, no cookies), and
+# the API skips the per-request connection health check.
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     # First after the timer: every line logged while a request runs carries its id.
     "controlplane.common.logs.RequestIdMiddleware",
+    "controlplane.api.middleware.AgentApiConnectionMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    "controlplane.api.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "controlplane.api.middleware.CsrfViewMiddleware",
+    "controlplane.api.middleware.AuthenticationMiddleware",
+    "controlplane.api.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "controlplane.api.throttle.ApiThrottleMiddleware",
     "controlplane.api.guard.ApiGuardMiddleware",

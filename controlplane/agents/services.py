@@ -7,11 +7,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from django.db import transaction
-from django.db.models import F, Q
-from django.db.models.functions import Now
+from django.db import connection, transaction
+from django.db.models import Q
 
-from controlplane.agents.models import Agent, AgentHealth, AgentLease, AgentStatus
+from controlplane.agents.models import (
+    LEASE_DURATION_DEFAULT_SECONDS,
+    Agent,
+    AgentHealth,
+    AgentLease,
+    AgentStatus,
+)
 from controlplane.agents.signals import agent_revoked
 from controlplane.audit.services import audit_record
 from controlplane.common.db import db_now
@@ -32,44 +37,85 @@ class HeartbeatResult:
     lease_expires_at: datetime | None
 
 
+# The heartbeat is every agent's most frequent request, so it is written out in SQL, one
+# statement on PostgreSQL: the agent row's conditional UPDATE returns what the response needs,
+# and a platform agent's lease is upserted from that row in the same statement (a
+# data-modifying CTE). A single statement in autocommit is its own transaction: the agent row
+# and the lease commit together or not at all, with no BEGIN/COMMIT round trips around it.
+_HEARTBEAT_AGENT = """
+    UPDATE {agents}
+       SET last_seen_at = {now}, health = %s, version = version + 1, updated_at = {now}
+     WHERE id = %s AND status = %s
+ RETURNING id, last_seen_at, version, is_platform_agent
+"""
+_HEARTBEAT_LEASE = """
+    INSERT INTO {leases} (agent_id, holder_identity, renew_time, lease_duration_seconds, version)
+    {source}
+        ON CONFLICT (agent_id) DO UPDATE
+       SET renew_time = EXCLUDED.renew_time, holder_identity = EXCLUDED.holder_identity,
+           version = {leases}.version + 1
+ RETURNING renew_time, lease_duration_seconds
+"""
+_HEARTBEAT_PG = """
+    WITH beat AS ({agent}),
+         lease AS ({lease})
+    SELECT beat.last_seen_at, beat.version, lease.renew_time, lease.lease_duration_seconds
+      FROM beat LEFT JOIN lease ON true
+"""
+
+
 def agent_heartbeat(agent_id: int, *, holder_identity: str = "") -> HeartbeatResult:
     """Record a heartbeat: last_seen_at = database now, health online, version + 1.
 
     One conditional UPDATE (`WHERE id = ? AND status = 'active'`), so concurrent
-    heartbeats and controller sweeps serialise on the row and none is lost. For a
-    platform agent the lease is renewed (or created) in the same transaction.
+    heartbeats and controller sweeps serialise on the row and none is lost, and a
+    disabled or revoked agent is refused by the database itself, whatever a caller
+    cached about it. For a platform agent the lease is renewed (or created) atomically
+    with it: one statement on PostgreSQL, one transaction on SQLite.
     Raises AgentNotActiveError if the agent is unknown or not active.
     """
-    with transaction.atomic():
-        updated = Agent.objects.filter(pk=agent_id, status=AgentStatus.ACTIVE).update(
-            last_seen_at=Now(), health=AgentHealth.ONLINE, version=F("version") + 1, updated_at=Now()
+    agents, leases = Agent._meta.db_table, AgentLease._meta.db_table
+    holder = (holder_identity or f"agent-{agent_id}")[:200]
+    if connection.vendor == "postgresql":
+        sql = _HEARTBEAT_PG.format(
+            agent=_HEARTBEAT_AGENT.format(agents=agents, now="statement_timestamp()"),
+            lease=_HEARTBEAT_LEASE.format(
+                leases=leases,
+                source="SELECT id, %s, last_seen_at, %s, 1 FROM beat WHERE is_platform_agent",
+            ),
         )
-        if not updated:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                sql,
+                [AgentHealth.ONLINE, agent_id, AgentStatus.ACTIVE, holder, LEASE_DURATION_DEFAULT_SECONDS],
+            )
+            row = cursor.fetchone()
+        if row is None:
             raise AgentNotActiveError(agent_id)
-        agent = Agent.objects.only("last_seen_at", "version", "is_platform_agent").get(pk=agent_id)
-        assert agent.last_seen_at is not None
-        lease_expires_at = None
-        if agent.is_platform_agent:
-            lease_expires_at = _lease_renew(agent, holder_identity or f"agent-{agent_id}")
-    return HeartbeatResult(
-        last_seen_at=agent.last_seen_at, version=agent.version, lease_expires_at=lease_expires_at
-    )
-
-
-def _lease_renew(agent: Agent, holder_identity: str) -> datetime:
-    renewed_at = agent.last_seen_at
-    assert renewed_at is not None
-    renewed = AgentLease.objects.filter(agent_id=agent.pk).update(
-        renew_time=renewed_at, holder_identity=holder_identity[:200], version=F("version") + 1
-    )
-    if not renewed:
-        AgentLease.objects.create(
-            agent_id=agent.pk, renew_time=renewed_at, holder_identity=holder_identity[:200]
-        )
-    duration = (
-        AgentLease.objects.filter(agent_id=agent.pk).values_list("lease_duration_seconds", flat=True).get()
-    )
-    return renewed_at + timedelta(seconds=duration)
+        last_seen_at, version, renewed_at, duration = row
+    else:
+        # SQLite has no data-modifying CTE: the same two statements in one transaction
+        # (BEGIN IMMEDIATE takes the write lock up front, so nothing interleaves).
+        with transaction.atomic(), connection.cursor() as cursor:
+            last_seen_at = db_now()
+            now = connection.ops.adapt_datetimefield_value(last_seen_at)
+            cursor.execute(
+                _HEARTBEAT_AGENT.format(agents=agents, now="%s"),
+                [now, AgentHealth.ONLINE, now, agent_id, AgentStatus.ACTIVE],
+            )
+            found = cursor.fetchone()
+            if found is None:
+                raise AgentNotActiveError(agent_id)
+            version, is_platform_agent = found[2], found[3]
+            renewed_at, duration = None, 0
+            if is_platform_agent:
+                cursor.execute(
+                    _HEARTBEAT_LEASE.format(leases=leases, source="VALUES (%s, %s, %s, %s, 1)"),
+                    [agent_id, holder, now, LEASE_DURATION_DEFAULT_SECONDS],
+                )
+                renewed_at, duration = last_seen_at, cursor.fetchone()[1]
+    lease_expires_at = None if renewed_at is None else renewed_at + timedelta(seconds=duration)
+    return HeartbeatResult(last_seen_at=last_seen_at, version=version, lease_expires_at=lease_expires_at)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from django.urls import reverse
 from ninja import NinjaAPI, Path, Status
 
 from controlplane.agents.models import Agent
-from controlplane.agents.services import AgentNotActiveError, agent_heartbeat
+from controlplane.agents.services import agent_heartbeat
 from controlplane.api.auth import AgentKeyAuth
 from controlplane.api.errors import UNAUTHORIZED_DETAIL, ApiError, install_error_handlers
 from controlplane.api.schemas import (
@@ -52,7 +52,7 @@ api = NinjaAPI(
 )
 install_error_handlers(api)
 
-_ERRORS_AUTH: dict[int, Any] = {400: ErrorOut, 401: ErrorOut}
+_ERRORS_AUTH: dict[int, Any] = {400: ErrorOut, 401: ErrorOut, 503: ErrorOut}
 _ERRORS_REPORT: dict[int, Any] = {**_ERRORS_AUTH, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut}
 JobId = Path(..., ge=1, le=MAX_ID, description="The job's id, from the claim.")
 
@@ -74,7 +74,7 @@ def _reject_malformed_body(request: HttpRequest) -> None:
 
 @api.post(
     "/agents/register",
-    response={201: RegisterOut, 400: ErrorOut, 401: ErrorOut, 422: ErrorOut},
+    response={201: RegisterOut, 400: ErrorOut, 401: ErrorOut, 422: ErrorOut, 503: ErrorOut},
     auth=None,
     summary="Register a platform agent with a bootstrap token",
     description="Every token failure (unknown, malformed, expired, exhausted, revoked) gets the "
@@ -98,10 +98,7 @@ def register(request: HttpRequest, body: RegisterIn) -> Status[RegisterOut]:
 )
 def heartbeat(request: HttpRequest) -> HeartbeatOut:
     _reject_malformed_body(request)
-    try:
-        result = agent_heartbeat(_agent(request).pk)
-    except AgentNotActiveError:
-        raise ApiError(401, "unauthorized", UNAUTHORIZED_DETAIL) from None
+    result = agent_heartbeat(_agent(request).pk)  # AgentNotActiveError: 401 (errors.py)
     return HeartbeatOut(
         heartbeat_interval_seconds=settings.AGENT_HEARTBEAT_INTERVAL_SECONDS,
         lease_expires_at=result.lease_expires_at,
@@ -118,7 +115,7 @@ def heartbeat(request: HttpRequest) -> HeartbeatOut:
 )
 def claim(request: HttpRequest) -> Status[ClaimOut | None]:
     _reject_malformed_body(request)
-    claimed = command_claim(_agent(request).pk)
+    claimed = command_claim(_agent(request).pk)  # AgentNotActiveError: 401 (errors.py)
     if claimed is None:
         return Status(204, None)
     return Status(

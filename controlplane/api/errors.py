@@ -10,9 +10,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+
+from controlplane.agents.services import AgentNotActiveError
+from controlplane.api.auth import auth_forget
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,28 @@ def install_error_handlers(api: NinjaAPI) -> None:
         # One body for every cause (missing header, unknown key, inactive agent): a caller
         # learns nothing about which keys or agents exist.
         return error_response(api, request, 401, "unauthorized", UNAUTHORIZED_DETAIL)
+
+    @api.exception_handler(AgentNotActiveError)
+    def on_agent_not_active(request: HttpRequest, exc: AgentNotActiveError) -> HttpResponse:
+        # The key authenticated (perhaps from this process's cache), but the write's own
+        # status check found the agent disabled or revoked meanwhile: the same 401, and the
+        # key is forgotten so the next request asks the database (auth.py).
+        key = getattr(request, "agent_key", None)
+        if key:
+            auth_forget(key)
+        return error_response(api, request, 401, "unauthorized", UNAUTHORIZED_DETAIL)
+
+    def on_database_unavailable(request: HttpRequest, exc: Any) -> HttpResponse:
+        # The database is unreachable, or this worker's connection was closed under it (the
+        # agent API skips the per-request health check, middleware.py). Django drops the
+        # connection after this request; the agent retries at its next interval.
+        log.warning("agent API: database unavailable: %s", exc)
+        response = error_response(api, request, 503, "unavailable", "the database is unavailable; retry")
+        response["Retry-After"] = "1"
+        return response
+
+    api.add_exception_handler(OperationalError, on_database_unavailable)
+    api.add_exception_handler(InterfaceError, on_database_unavailable)
 
     @api.exception_handler(HttpError)
     def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:

@@ -14,10 +14,11 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.db.models.functions import Coalesce, Now
 
 from controlplane.agents.models import Agent, AgentHealth, AgentStatus
+from controlplane.agents.services import AgentNotActiveError
 from controlplane.commands.models import ACTIVE_STATUSES, Command, CommandStatus, StatusReason
 from controlplane.commands.priority import priority_policy
 from controlplane.commands.retries import retry_limit
@@ -240,8 +241,10 @@ def command_claim(agent_id: int) -> ClaimedCommand | None:
     Platform agents get pending unclaimed platform jobs in dispatch order
     (queue_priority DESC, queued_at ASC, id ASC); tenant agents get their tenant's
     pending commands pinned to them or unpinned, oldest first. Jobs past expires_at are
-    skipped. None when the agent is not active, not online (job-recovery would take the
-    job straight back as holder_offline) or already holds max_concurrent_jobs.
+    skipped. None when the agent is not online (job-recovery would take the job straight
+    back as holder_offline) or already holds max_concurrent_jobs. Raises AgentNotActiveError
+    when the agent is unknown, disabled or revoked: this locked read is the claim's status
+    check, which lets the API cache key checks (controlplane/api/auth.py).
 
     The claim sets the holder, status acknowledged, acknowledged_at (database clock),
     dispatch_attempts + 1 (returned as the attempt) and version + 1, in one UPDATE whose
@@ -267,7 +270,7 @@ def command_claim(agent_id: int) -> ClaimedCommand | None:
             )
             found = cursor.fetchone()
         if found is None:
-            return None
+            raise AgentNotActiveError(agent_id)
         tenant_id, is_platform_agent, health, max_concurrent_jobs, held = found
         if health != AgentHealth.ONLINE or held >= max_concurrent_jobs:
             return None
@@ -308,11 +311,20 @@ def command_claim(agent_id: int) -> ClaimedCommand | None:
 def _report(
     agent: Agent, command_id: int, attempt: int, from_statuses: Sequence[str], values: dict[str, Any]
 ) -> str:
-    updated = Command.objects.filter(
-        pk=command_id, agent_id=agent.pk, dispatch_attempts=attempt, status__in=from_statuses
-    ).update(**values, version=F("version") + 1)
+    # The holder must still be active: a report re-checks its agent's status in the same
+    # statement, which is what lets the API cache key checks (controlplane/api/auth.py).
+    holder_active = Exists(Agent.objects.filter(pk=OuterRef("agent_id"), status=AgentStatus.ACTIVE))
+    updated = (
+        Command.objects.filter(
+            pk=command_id, agent_id=agent.pk, dispatch_attempts=attempt, status__in=from_statuses
+        )
+        .filter(holder_active)
+        .update(**values, version=F("version") + 1)
+    )
     if updated:
         return str(values["status"])
+    if not Agent.objects.filter(pk=agent.pk, status=AgentStatus.ACTIVE).exists():
+        raise AgentNotActiveError(agent.pk)
     # Refused: tell "no such command (for you)" from "not yours at this attempt any more".
     visible = Command.objects.filter(pk=command_id, is_platform_job=agent.is_platform_agent)
     if agent.tenant_id is not None:

@@ -16,6 +16,7 @@ from django.db import connection
 from django.test import Client
 
 from controlplane.agents.models import Agent, AgentHealth, AgentStatus
+from controlplane.agents.services import AgentNotActiveError
 from controlplane.commands.models import Command, CommandStatus
 from controlplane.commands.priority import DISPATCH_ORDER
 from controlplane.commands.services import command_claim, command_report_complete
@@ -125,7 +126,8 @@ def test_service_refuses_inactive_agent(
 ) -> None:
     agent = make_agent(status=AgentStatus.DISABLED)
     make_command()
-    assert command_claim(agent.pk) is None
+    with pytest.raises(AgentNotActiveError):
+        command_claim(agent.pk)
     assert not Command.objects.exclude(status=CommandStatus.PENDING).exists()
 
 

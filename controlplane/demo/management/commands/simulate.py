@@ -35,6 +35,7 @@ from controlplane.commands.models import CommandStatus, StatusReason
 from controlplane.commands.services import command_enqueue_many
 from controlplane.common.actors import actor_for_controller
 from controlplane.common.db import db_now
+from controlplane.demo.fleet import fleet_run
 from controlplane.tenants.models import Plan, Tenant
 from controlplane.tokens.services import token_issue
 
@@ -57,6 +58,12 @@ MISSING_DEMO_EXTRA = "simulate needs httpx, from the demo extra: pip install 'co
 
 def _usage_error(message: str) -> CommandError:
     return CommandError(message, returncode=2)
+
+
+def _loopback_check(base_url: str) -> None:
+    url = urlsplit(base_url)
+    if url.scheme not in ("http", "https") or url.hostname not in LOOPBACK_HOSTS:
+        raise _usage_error("--base-url must be an http(s) URL on a loopback host (127.0.0.1, localhost, ::1)")
 
 
 @dataclass
@@ -269,10 +276,33 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--base-url", default="http://127.0.0.1:8000", help="Server to drive.")
-        token = parser.add_mutually_exclusive_group(required=True)
+        token = parser.add_mutually_exclusive_group()
         token.add_argument("--token", help="Bootstrap token to register the agents with.")
         token.add_argument("--issue-token", action="store_true", help="Issue a bootstrap token for the run.")
-        parser.add_argument("--agents", type=int, default=10, help="Number of agents (1..500).")
+        parser.add_argument(
+            "--agents",
+            type=int,
+            default=10,
+            help="Number of agents (1..500; 1..20000 with --heartbeats-only).",
+        )
+        parser.add_argument(
+            "--heartbeats-only",
+            action="store_true",
+            help="A fleet that only heartbeats, created in the database and driven from one asyncio "
+            "process (no token, jobs or faults); reports whether any agent went offline or late.",
+        )
+        parser.add_argument(
+            "--interval", type=float, default=30.0, help="--heartbeats-only: seconds between beats (1..600)."
+        )
+        parser.add_argument(
+            "--connections", type=int, default=32, help="--heartbeats-only: keep-alive connections (1..512)."
+        )
+        parser.add_argument(
+            "--stale-timeout",
+            type=float,
+            default=90.0,
+            help="--heartbeats-only: a gap longer than this is late (agent-health's stale_timeout_seconds).",
+        )
         parser.add_argument("--duration", type=float, default=30.0, help="Seconds to run (1..3600).")
         parser.add_argument("--rate", type=float, default=5.0, help="Jobs enqueued per second (0..1000).")
         parser.add_argument(
@@ -305,6 +335,11 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if httpx is None:
             raise _usage_error(MISSING_DEMO_EXTRA)
+        if options["heartbeats_only"]:
+            self._heartbeats_only(options)
+            return
+        if not options["token"] and not options["issue_token"]:
+            raise _usage_error("one of --token or --issue-token is required (or --heartbeats-only)")
         plan = self._plan(options)
         started = db_now()
         rng = random.Random(plan.seed)
@@ -336,12 +371,51 @@ class Command(BaseCommand):
             for key, value in summary.items():
                 self.stdout.write(f"{key:>24}: {value}")
 
+    def _heartbeats_only(self, options: dict[str, Any]) -> None:
+        _loopback_check(options["base_url"])
+        if urlsplit(options["base_url"]).scheme != "http":
+            raise _usage_error("--heartbeats-only speaks plain HTTP: --base-url must be http://")
+        checks = {
+            "--agents": (options["agents"], 1, 20_000),
+            "--duration": (options["duration"], 1, 3600),
+            "--interval": (options["interval"], 1, 600),
+            "--connections": (options["connections"], 1, 512),
+            "--stale-timeout": (options["stale_timeout"], 1, 86_400),
+        }
+        for flag, (value, low, high) in checks.items():
+            if not low <= value <= high:
+                raise _usage_error(f"{flag} must be between {low} and {high}")
+        result = fleet_run(
+            options["base_url"],
+            agents=options["agents"],
+            interval=options["interval"],
+            duration=options["duration"],
+            connections=options["connections"],
+            stale_timeout=options["stale_timeout"],
+            seed=options["seed"],
+        )
+        summary = {
+            "agents": result.agents,
+            "heartbeats": result.heartbeats,
+            "failed_heartbeats": result.failures,
+            "heartbeats_per_second": round(result.heartbeats / options["duration"], 1),
+            "latency_p50_ms": round(result.percentile_ms(0.5), 1),
+            "latency_p99_ms": round(result.percentile_ms(0.99), 1),
+            "max_gap_seconds": round(result.max_gap_seconds, 2),
+            "late_agents": result.late_agents,
+            "offline_agents": result.offline_agents,
+            "held": result.offline_agents == 0 and result.late_agents == 0 and result.failures == 0,
+        }
+        if options["json"]:
+            self.stdout.write(json.dumps(summary, sort_keys=True))
+        else:
+            for key, value in summary.items():
+                self.stdout.write(f"{key:>24}: {value}")
+        if not summary["held"]:
+            raise CommandError("the fleet did not hold: see offline_agents, late_agents, failed_heartbeats")
+
     def _plan(self, options: dict[str, Any]) -> FleetPlan:
-        url = urlsplit(options["base_url"])
-        if url.scheme not in ("http", "https") or url.hostname not in LOOPBACK_HOSTS:
-            raise _usage_error(
-                "--base-url must be an http(s) URL on a loopback host (127.0.0.1, localhost, ::1)"
-            )
+        _loopback_check(options["base_url"])
         checks = {
             "--agents": (options["agents"], 1, 500),
             "--duration": (options["duration"], 1, 3600),
