@@ -25,12 +25,19 @@ VAR_DIR = BASE_DIR / "var"  # local state of the embedded default (ignored by gi
 env = Env()
 
 
-def _read(name: str, parse: Any, *args: Any, **kwargs: Any) -> Any:
-    """Parse one variable; any failure becomes an error that names the variable."""
+def _read(name: str, parse: Any, *args: Any, validate: Any = None, **kwargs: Any) -> Any:
+    """Parse one variable; any failure becomes an error that names the variable.
+
+    `validate` returns False for a value out of range. It is applied here, not handed to
+    environs: marshmallow 4 ignores a validator's return value, so a False never refused.
+    """
     try:
-        return parse(name, *args, **kwargs)
+        value = parse(name, *args, **kwargs)
     except (EnvError, ValueError) as exc:
         raise ImproperlyConfigured(f"{name} is malformed: {exc}") from exc
+    if validate is not None and not validate(value):
+        raise ImproperlyConfigured(f"{name} is malformed: {value!r} is not an accepted value")
+    return value
 
 
 DEBUG: bool = _read("DEBUG", env.bool, False)
@@ -73,8 +80,38 @@ elif _database["ENGINE"] in (
     "django.db.backends.postgresql",
     "django_prometheus.db.backends.postgresql",
 ):
-    _database["CONN_HEALTH_CHECKS"] = True
     _database.setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+
+# --- database connections and pooling (design.md §10.2) -------------------------------------
+# CONN_MAX_AGE: seconds a process keeps its connection between requests and tasks (0: a new
+# one each time). CONN_HEALTH_CHECKS: ping a kept connection before its first use in a request,
+# so a server restart costs no failed request. DATABASE_POOL=pgbouncer declares PgBouncer in
+# transaction pooling in front of PostgreSQL: each transaction may run on another server
+# connection, so no session state may outlive a transaction. Server-side cursors are then off
+# (DISABLE_SERVER_SIDE_CURSORS, which cannot be turned back on), and Django keeps psycopg's
+# prepare_threshold at None (no prepared statements: PgBouncer 1.18 has none in that mode).
+# The batch walks never need either (reconcilers/queries/batches.py). SQLite keeps no
+# connection (CONN_MAX_AGE 0) and cannot be pooled.
+DATABASE_POOL: str = _read("DATABASE_POOL", env.str, "none", validate=lambda v: v in ("none", "pgbouncer"))
+_conn_max_age: int = _read("CONN_MAX_AGE", env.int, 60, validate=lambda v: 0 <= v <= 86400)
+_conn_health_checks: bool = _read("CONN_HEALTH_CHECKS", env.bool, True)
+_pooled = DATABASE_POOL == "pgbouncer"
+_disable_cursors: bool = _read("DISABLE_SERVER_SIDE_CURSORS", env.bool, _pooled)
+if _database["ENGINE"] == "django.db.backends.sqlite3":
+    if _pooled:
+        raise ImproperlyConfigured("DATABASE_POOL=pgbouncer needs a PostgreSQL DATABASE_URL")
+else:
+    if _pooled and not _disable_cursors:
+        raise ImproperlyConfigured(
+            "DISABLE_SERVER_SIDE_CURSORS=0 is refused with DATABASE_POOL=pgbouncer: a server-side "
+            "cursor does not survive its transaction in transaction pooling"
+        )
+    if _pooled and "prepare_threshold" in _database.get("OPTIONS", {}):
+        raise ImproperlyConfigured("DATABASE_POOL=pgbouncer: prepared statements must stay off")
+    _database["CONN_MAX_AGE"] = _conn_max_age
+    _database["CONN_HEALTH_CHECKS"] = _conn_health_checks
+    _database["DISABLE_SERVER_SIDE_CURSORS"] = _disable_cursors
+# --- end of database connections and pooling ------------------------------------------------
 DATABASES = {"default": _database}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
