@@ -222,6 +222,31 @@ AGENT_HEARTBEAT_INTERVAL_SECONDS: int = _read(
     "AGENT_HEARTBEAT_INTERVAL_SECONDS", env.int, 30, validate=lambda v: 1 <= v <= 3600
 )
 
+# --- audit archives on object storage (design.md §5.5) -------------------------------------
+# audit-retention's `archive_dir` may be s3://bucket/prefix: these say how to reach the bucket
+# (credentials come from boto3's own chain: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile
+# or a role). Timeouts and retries bound how long a batch waits on the storage before it is
+# refused with nothing deleted.
+AUDIT_ARCHIVE_S3_ENDPOINT_URL: str = _read(
+    "AUDIT_ARCHIVE_S3_ENDPOINT_URL",
+    env.str,
+    "",
+    validate=lambda v: v == "" or v.startswith(("http://", "https://")),
+)
+AUDIT_ARCHIVE_S3_REGION: str = _read("AUDIT_ARCHIVE_S3_REGION", env.str, "")
+AUDIT_ARCHIVE_S3_ADDRESSING_STYLE: str = _read(
+    "AUDIT_ARCHIVE_S3_ADDRESSING_STYLE", env.str, "auto", validate=lambda v: v in ("auto", "path", "virtual")
+)
+AUDIT_ARCHIVE_S3_CONNECT_TIMEOUT_SECONDS: float = _read(
+    "AUDIT_ARCHIVE_S3_CONNECT_TIMEOUT_SECONDS", env.float, 5.0, validate=lambda v: 0 < v <= 60
+)
+AUDIT_ARCHIVE_S3_READ_TIMEOUT_SECONDS: float = _read(
+    "AUDIT_ARCHIVE_S3_READ_TIMEOUT_SECONDS", env.float, 30.0, validate=lambda v: 0 < v <= 300
+)
+AUDIT_ARCHIVE_S3_MAX_ATTEMPTS: int = _read(
+    "AUDIT_ARCHIVE_S3_MAX_ATTEMPTS", env.int, 3, validate=lambda v: 1 <= v <= 10
+)
+
 # --- django ------------------------------------------------------------------------------
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -1,16 +1,17 @@
 """audit-retention: deletes audit logs older than `retention_days`, oldest first, in batches (design.md §5.5).
 
-Compliance-critical, so it is conservative: a retention below one day is refused at
-config time and again at run time (never "delete everything"); each batch is its own
-short transaction; with `archive_dir` set, a batch's rows are on disk (fsynced, renamed
-into place) before its delete commits, and the archive is written from the rows the
-DELETE returned, so it holds exactly what was deleted. Batches run in id order (the
-table is append-only, so that is insertion order) and are deleted by id range; the
-DELETE re-checks the age of every row in the range, so a row inserted out of time order
-is never deleted early. Each batch writes one `audit.retention.purged` row (its id range,
-how many rows it deleted, its archive file) in its own transaction, so every deleted id
-lies in exactly one record's range even when the run is cut short; those rows are not
-counted in `items`. Dry runs write no file and delete nothing (the runtime rolls them back).
+Compliance-critical, so it is conservative: a retention below one day is refused at config
+time and again at run time (never "delete everything"); each batch is its own short
+transaction; with `archive_dir` set, a batch's rows are on disk (fsynced, renamed into
+place) or in object storage (written, then read back) before its delete commits, and the
+archive is written from the rows the DELETE returned, so it holds exactly what was
+deleted. Batches run in id order (the table is append-only, so that is insertion order)
+and are deleted by id range; the DELETE re-checks the age of every row in the range, so a
+row inserted out of time order is never deleted early. Each batch writes one
+`audit.retention.purged` row (its id range, how many rows it deleted, its archive file) in
+its own transaction, so every deleted id lies in exactly one record's range even when the
+run is cut short; those rows are not counted in `items`. Dry runs write no file and delete
+nothing (the runtime rolls them back).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from controlplane.audit.archive import (
     ArchiveWriter,
     archive_file_name,
     archive_payload,
-    archive_writer,
 )
+from controlplane.audit.archive_storage import S3_SCHEME, archive_storage, s3_location_problem
 from controlplane.audit.models import AuditLog, AuditLogQuerySet
 from controlplane.audit.redaction import redact_secrets
 from controlplane.audit.services import audit_record
@@ -49,7 +50,9 @@ class AuditRetentionParams(ControllerParams):
     retention_days: int = Field(365, ge=1, le=36500, description="Audit logs older than this are deleted.")
     batch_size: int = Field(10000, ge=1, le=100_000, description="Rows per delete transaction.")
     archive_dir: str | None = Field(
-        None, description="If set, each batch is archived here (gzip JSON lines) before it is deleted."
+        None,
+        description="If set, each batch is archived here (gzip JSON lines) before it is deleted: an "
+        "absolute folder path on the worker host, or s3://bucket/prefix (object storage, for all hosts).",
     )
 
     @field_validator("archive_dir")
@@ -59,8 +62,15 @@ class AuditRetentionParams(ControllerParams):
             return None
         if "\x00" in value:
             raise ValueError("must not contain a NUL character")
+        if value.startswith(S3_SCHEME):
+            problem = s3_location_problem(value)
+            if problem:
+                raise ValueError(problem)
+            return value
         if not os.path.isabs(value):
-            raise ValueError("must be an absolute path (workers do not share a working directory)")
+            raise ValueError(
+                "must be an absolute path (workers do not share a working directory) or s3://bucket/prefix"
+            )
         return value
 
 
@@ -94,7 +104,7 @@ class AuditRetentionController(Controller):
             # turn into "delete everything".
             raise RetentionRefusedError(f"retention_days={params.retention_days} refused: must be >= 1")
         try:
-            archive = archive_writer(params.archive_dir) if params.archive_dir else None
+            archive = archive_storage(params.archive_dir) if params.archive_dir else None
         except ArchiveUnavailableError as exc:
             raise RetentionRefusedError(f"{exc}: nothing deleted") from exc
         cutoff = ctx.now - timedelta(days=params.retention_days)
