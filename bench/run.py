@@ -105,14 +105,14 @@ def _fresh(controller: str, scale: float) -> None:
     connection.close()  # the trial process must not wait on our session
 
 
-def _trial(controller: str) -> dict[str, Any]:
+def _trial(controller: str, walk: str = "keyset") -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-m", "bench.trial", controller],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "LOG_LEVEL": "WARNING"},
+        env={**os.environ, "LOG_LEVEL": "WARNING", "BENCH_WALK": walk},
     )
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     if result["outcome"] != "success":
@@ -213,6 +213,28 @@ def _kept_notes(path: Path) -> str:
     return "\n" + text[text.index(NOTES_MARKER) :] if NOTES_MARKER in text else ""
 
 
+def measure_walks(controller: str, *, scale: float, trials: int) -> Any:
+    """Both batch walks and the floor on fresh data, alternating, `trials` times (bench/walks.py)."""
+    from bench.floors import FLOORS
+    from bench.walks import WALKS, WalkFigures
+    from controlplane.common.db import db_now
+
+    figures = WalkFigures(controller)
+    for trial in range(trials):
+        # Alternate which walk goes first, so neither always runs on the warmer cache.
+        for walk in WALKS if trial % 2 == 0 else tuple(reversed(WALKS)):
+            _fresh(controller, scale)
+            result = _trial(controller, walk)
+            figures.seconds[walk].append(result["wall_s"])
+            figures.rows[walk] = result["items"]
+        _fresh(controller, scale)
+        started = time.perf_counter()
+        FLOORS[controller](db_now())
+        figures.floor_s.append(time.perf_counter() - started)
+        print(json.dumps(vars(figures)), file=sys.stderr, flush=True)
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -223,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--controllers", nargs="*", default=list(CONTROLLERS), choices=CONTROLLERS)
     parser.add_argument("--no-extras", action="store_true", help="skip runner/claim/heartbeat figures")
     parser.add_argument("--out", type=Path, help="write the markdown report here")
+    parser.add_argument(
+        "--walks",
+        action="store_true",
+        help="only compare the batch walks (keyset pages against the old streamed cursor; bench/walks.py)",
+    )
     args = parser.parse_args(argv)
     if not 0 < args.scale <= 10 or args.trials < 1 or args.sample < 1:
         parser.error("--scale must be in (0, 10], --trials and --sample at least 1")
@@ -234,6 +261,20 @@ def main(argv: list[str] | None = None) -> int:
     if connection.vendor != "postgresql":
         parser.error("benchmarks run on PostgreSQL: set DATABASE_URL=postgres://...")
     call_command("migrate", verbosity=0)
+
+    if args.walks:
+        from bench.walks import WALK_CONTROLLERS, render_walks
+
+        walks = [
+            measure_walks(c, scale=args.scale, trials=args.trials)
+            for c in args.controllers
+            if c in WALK_CONTROLLERS
+        ]
+        walk_report = render_walks(walks, scale=args.scale, trials=args.trials)
+        print(walk_report)
+        if args.out:
+            args.out.write_text(walk_report)
+        return 1 if any(w.verdict() != "ok" for w in walks) else 0
 
     figures = []
     extras: dict[str, Any] = {}

@@ -21,7 +21,10 @@ def main() -> None:
 
     django.setup()
     from bench.generate import bench_configure
+    from bench.walks import use_walk
     from reconcilers.services import run_controller
+
+    use_walk(os.environ.get("BENCH_WALK", "keyset"))
 
     name = sys.argv[1]
     bench_configure(name)

@@ -29,14 +29,17 @@ env = Env()
 
 
 def _read(name: str, parse: Any, *args: Any, validate: Any = None, **kwargs: Any) -> Any:
-    """Parse one variable; any failure becomes an error that names the variable. `validate`
-    is applied here: environs ignores a validator that returns False instead of raising."""
+    """Parse one variable; any failure becomes an error that names the variable.
+
+    `validate` returns False for a value out of range. It is applied here, not handed to
+    environs: marshmallow 4 ignores a validator's return value, so a False never refused.
+    """
     try:
         value = parse(name, *args, **kwargs)
     except (EnvError, ValueError) as exc:
         raise ImproperlyConfigured(f"{name} is malformed: {exc}") from exc
     if validate is not None and not validate(value):
-        raise ImproperlyConfigured(f"{name} is malformed: {value!r} is not allowed")
+        raise ImproperlyConfigured(f"{name} is malformed: {value!r} is not an accepted value")
     return value
 
 
@@ -112,12 +115,42 @@ elif _database["ENGINE"] in (
     "django.db.backends.postgresql",
     "django_prometheus.db.backends.postgresql",
 ):
-    _database["CONN_HEALTH_CHECKS"] = True
     _database.setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
     # PostgreSQL connection liveness: the options read above (a value in DATABASE_URL's
     # query string wins over them)
     for _option, _value in DATABASE_LIVENESS_OPTIONS.items():
         _database["OPTIONS"].setdefault(_option, _value)
+
+# --- database connections and pooling (design.md §10.2) -------------------------------------
+# CONN_MAX_AGE: seconds a process keeps its connection between requests and tasks (0: a new
+# one each time). CONN_HEALTH_CHECKS: ping a kept connection before its first use in a request,
+# so a server restart costs no failed request. DATABASE_POOL=pgbouncer declares PgBouncer in
+# transaction pooling in front of PostgreSQL: each transaction may run on another server
+# connection, so no session state may outlive a transaction. Server-side cursors are then off
+# (DISABLE_SERVER_SIDE_CURSORS, which cannot be turned back on), and Django keeps psycopg's
+# prepare_threshold at None (no prepared statements: PgBouncer 1.18 has none in that mode).
+# The batch walks never need either (reconcilers/queries/batches.py). SQLite keeps no
+# connection (CONN_MAX_AGE 0) and cannot be pooled.
+DATABASE_POOL: str = _read("DATABASE_POOL", env.str, "none", validate=lambda v: v in ("none", "pgbouncer"))
+_conn_max_age: int = _read("CONN_MAX_AGE", env.int, 60, validate=lambda v: 0 <= v <= 86400)
+_conn_health_checks: bool = _read("CONN_HEALTH_CHECKS", env.bool, True)
+_pooled = DATABASE_POOL == "pgbouncer"
+_disable_cursors: bool = _read("DISABLE_SERVER_SIDE_CURSORS", env.bool, _pooled)
+if _database["ENGINE"] == "django.db.backends.sqlite3":
+    if _pooled:
+        raise ImproperlyConfigured("DATABASE_POOL=pgbouncer needs a PostgreSQL DATABASE_URL")
+else:
+    if _pooled and not _disable_cursors:
+        raise ImproperlyConfigured(
+            "DISABLE_SERVER_SIDE_CURSORS=0 is refused with DATABASE_POOL=pgbouncer: a server-side "
+            "cursor does not survive its transaction in transaction pooling"
+        )
+    if _pooled and "prepare_threshold" in _database.get("OPTIONS", {}):
+        raise ImproperlyConfigured("DATABASE_POOL=pgbouncer: prepared statements must stay off")
+    _database["CONN_MAX_AGE"] = _conn_max_age
+    _database["CONN_HEALTH_CHECKS"] = _conn_health_checks
+    _database["DISABLE_SERVER_SIDE_CURSORS"] = _disable_cursors
+# --- end of database connections and pooling ------------------------------------------------
 DATABASES = {"default": _database}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -244,6 +277,31 @@ AGENT_HEARTBEAT_INTERVAL_SECONDS: int = _read(
 AUDIT_ARCHIVE_ROOT: str = _read("AUDIT_ARCHIVE_ROOT", env.str, "")
 if AUDIT_ARCHIVE_ROOT and (not Path(AUDIT_ARCHIVE_ROOT).is_absolute() or "\x00" in AUDIT_ARCHIVE_ROOT):
     raise ImproperlyConfigured("AUDIT_ARCHIVE_ROOT is malformed: must be an absolute path")
+
+# --- audit archives on object storage (design.md §5.5) -------------------------------------
+# audit-retention's `archive_dir` may be s3://bucket/prefix: these say how to reach the bucket
+# (credentials come from boto3's own chain: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile
+# or a role). Timeouts and retries bound how long a batch waits on the storage before it is
+# refused with nothing deleted.
+AUDIT_ARCHIVE_S3_ENDPOINT_URL: str = _read(
+    "AUDIT_ARCHIVE_S3_ENDPOINT_URL",
+    env.str,
+    "",
+    validate=lambda v: v == "" or v.startswith(("http://", "https://")),
+)
+AUDIT_ARCHIVE_S3_REGION: str = _read("AUDIT_ARCHIVE_S3_REGION", env.str, "")
+AUDIT_ARCHIVE_S3_ADDRESSING_STYLE: str = _read(
+    "AUDIT_ARCHIVE_S3_ADDRESSING_STYLE", env.str, "auto", validate=lambda v: v in ("auto", "path", "virtual")
+)
+AUDIT_ARCHIVE_S3_CONNECT_TIMEOUT_SECONDS: float = _read(
+    "AUDIT_ARCHIVE_S3_CONNECT_TIMEOUT_SECONDS", env.float, 5.0, validate=lambda v: 0 < v <= 60
+)
+AUDIT_ARCHIVE_S3_READ_TIMEOUT_SECONDS: float = _read(
+    "AUDIT_ARCHIVE_S3_READ_TIMEOUT_SECONDS", env.float, 30.0, validate=lambda v: 0 < v <= 300
+)
+AUDIT_ARCHIVE_S3_MAX_ATTEMPTS: int = _read(
+    "AUDIT_ARCHIVE_S3_MAX_ATTEMPTS", env.int, 3, validate=lambda v: 1 <= v <= 10
+)
 
 # --- django ------------------------------------------------------------------------------
 INSTALLED_APPS = [

@@ -19,6 +19,7 @@ from controlplane.commands.models import Command
 from controlplane.common.db import db_now
 from controlplane.common.secrets import issue_secret
 from controlplane.tenants.models import Plan, Tenant
+from tests.pgbouncer import PgBouncer, pgbouncer_start
 
 _sequence = itertools.count(1)
 
@@ -61,6 +62,46 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(
                 pytest.mark.skip(reason="PostgreSQL-only feature (the SQLite run covers the rest)")
             )
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(django_db_setup: Any) -> Iterator[PgBouncer]:
+    """A real pgbouncer (transaction pooling, DISCARD ALL after every transaction) in front of
+    the test database's server, for the whole run. It stops before the test database is
+    dropped (directly, like its creation), so no pooled connection holds it open.
+    TEST_PGBOUNCER_PORT picks its port (default: a free one)."""
+    db = settings.DATABASES["default"]
+    if not db["ENGINE"].endswith("postgresql"):
+        pytest.skip("PgBouncer sits in front of PostgreSQL")
+    bouncer = pgbouncer_start(
+        pg_host=db["HOST"] or "127.0.0.1",
+        pg_port=int(db["PORT"] or 5432),
+        pg_user=db["USER"] or "postgres",
+        port=int(os.environ.get("TEST_PGBOUNCER_PORT", "0")),
+    )
+    yield bouncer
+    bouncer.stop()
+
+
+@pytest.fixture(scope="module")
+def through_pgbouncer(request: pytest.FixtureRequest) -> Iterator[PgBouncer | None]:
+    """Route the module's database connections (every thread's) through `pgbouncer`; on SQLite,
+    nothing. Module-scoped, so the switch happens before any test opens its transaction.
+    DISABLE_SERVER_SIDE_CURSORS stays as configured (off), so a walk that needed a cursor
+    across commits fails here as it did in production."""
+    if connection.vendor != "postgresql":
+        yield None
+        return
+    bouncer: PgBouncer = request.getfixturevalue("pgbouncer")
+    db = connection.settings_dict  # the same dict as settings.DATABASES["default"]
+    direct = db["HOST"], db["PORT"]
+    connection.close()
+    db["HOST"], db["PORT"] = bouncer.host, str(bouncer.port)
+    try:
+        yield bouncer
+    finally:
+        connection.close()
+        db["HOST"], db["PORT"] = direct
 
 
 @pytest.fixture

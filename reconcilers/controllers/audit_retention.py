@@ -1,16 +1,17 @@
 """audit-retention: deletes audit logs older than `retention_days`, oldest first, in batches (design.md §5.5).
 
-Compliance-critical, so it is conservative: a retention below one day is refused at
-config time and again at run time (never "delete everything"); each batch is its own
-short transaction; with `archive_dir` set, a batch's rows are on disk (fsynced, renamed
-into place) before its delete commits, and the archive is written from the rows the
-DELETE returned, so it holds exactly what was deleted. Batches run in id order (the
-table is append-only, so that is insertion order) and are deleted by id range; the
-DELETE re-checks the age of every row in the range, so a row inserted out of time order
-is never deleted early. Each batch writes one `audit.retention.purged` row (its id range,
-how many rows it deleted, its archive file) in its own transaction, so every deleted id
-lies in exactly one record's range even when the run is cut short; those rows are not
-counted in `items`. Dry runs write no file and delete nothing (the runtime rolls them back).
+Compliance-critical, so it is conservative: a retention below one day is refused at config
+time and again at run time (never "delete everything"); each batch is its own short
+transaction; with `archive_dir` set, a batch's rows are on disk (fsynced, renamed into
+place) or in object storage (written, then read back) before its delete commits, and the
+archive is written from the rows the DELETE returned, so it holds exactly what was
+deleted. Batches run in id order (the table is append-only, so that is insertion order)
+and are deleted by id range; the DELETE re-checks the age of every row in the range, so a
+row inserted out of time order is never deleted early. Each batch writes one
+`audit.retention.purged` row (its id range, how many rows it deleted, its archive file) in
+its own transaction, so every deleted id lies in exactly one record's range even when the
+run is cut short; those rows are not counted in `items`. Dry runs write no file and delete
+nothing (the runtime rolls them back).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from controlplane.audit.archive import (
     archive_file_name,
     archive_folder_check,
     archive_payload,
-    archive_writer,
 )
+from controlplane.audit.archive_storage import S3_SCHEME, archive_storage, s3_location_problem
 from controlplane.audit.models import AuditLog, AuditLogQuerySet
 from controlplane.audit.redaction import redact_secrets
 from controlplane.audit.services import audit_record
@@ -51,8 +52,9 @@ class AuditRetentionParams(ControllerParams):
     batch_size: int = Field(10000, ge=1, le=100_000, description="Rows per delete transaction.")
     archive_dir: str | None = Field(
         None,
-        description="If set, each batch is archived (gzip JSON lines) before it is deleted, in this folder "
-        "relative to the AUDIT_ARCHIVE_ROOT setting (no '..', no symlinks; '.' is the root itself).",
+        description="If set, each batch is archived (gzip JSON lines) before it is deleted: a folder "
+        "relative to the AUDIT_ARCHIVE_ROOT setting (no '..', no symlinks; '.' is the root itself), or "
+        "s3://bucket/prefix (object storage, shared by every worker host).",
     )
 
     @field_validator("archive_dir")
@@ -60,6 +62,13 @@ class AuditRetentionParams(ControllerParams):
     def _folder_under_root(cls, value: str | None) -> str | None:
         if value is None or value.strip() == "":
             return None
+        if "\x00" in value:
+            raise ValueError("must not contain a NUL character")
+        if value.startswith(S3_SCHEME):
+            problem = s3_location_problem(value)
+            if problem:
+                raise ValueError(problem)
+            return value
         try:
             # Checked on every read of the config, so a symlink planted after the save
             # makes the config invalid (runs refused) as well as failing the writer.
@@ -99,7 +108,7 @@ class AuditRetentionController(Controller):
             # turn into "delete everything".
             raise RetentionRefusedError(f"retention_days={params.retention_days} refused: must be >= 1")
         try:
-            archive = archive_writer(params.archive_dir) if params.archive_dir else None
+            archive = archive_storage(params.archive_dir) if params.archive_dir else None
         except ArchiveLocationError as exc:
             raise RetentionRefusedError(f"archive_dir {exc}: nothing deleted") from exc
         except ArchiveUnavailableError as exc:

@@ -13,17 +13,22 @@ On PostgreSQL the picked ids are matched with `id = ANY(ARRAY(SELECT ... LIMIT n
 for IN it plans a hash semi-join that scans every row matching the outer condition, for
 every batch (at a million rows, 100k candidates read again to write 5,000). An array
 computed once makes the outer side n primary-key probes.
+
+No walk keeps anything open between batches: no server-side cursor, no WITH HOLD cursor, no
+session setting. Behind PgBouncer in transaction pooling each transaction may run on another
+server connection (and `server_reset_query_always` discards whatever a session held), so
+state that outlives a commit is gone by the next batch (design.md §5).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from itertools import islice
 from typing import Any, cast
 
 from django.db import connections
-from django.db.models import F, Lookup, QuerySet
+from django.db.models import F, Func, Lookup, QuerySet, Value
 from django.db.models.deletion import Collector
+from django.db.models.lookups import GreaterThan
 from django.db.models.sql import DeleteQuery, UpdateQuery
 
 from reconcilers.runtime.contract import ReconcileContext
@@ -71,7 +76,9 @@ def update_in_batches(
     `sparse` is for candidates scattered through the index, or found by a join (jobs
     whose holder went offline, agents whose lease expired): re-picking from the head
     would rescan the non-matching rows, or redo the join, for every batch. The ids come
-    instead from one streamed SELECT per walk, and each batch's UPDATE re-checks them.
+    instead from keyset pages: each page is one SELECT that resumes the (key, id) index
+    walk just after the previous page's last row, so the pages together read the index
+    once, and each batch's UPDATE re-checks the rows it was given.
 
     Each batch's rows are tallied for `step` in its transaction (ctx.tally). Returns the
     number of rows changed and their ids (for the DEBUG log).
@@ -162,11 +169,11 @@ def _walk(
 
     written: Rows = []
     for head in _batch_heads(source, key, nulls_first, key_below):
-        picks = head.values_list(picked_field, flat=True)
         if sparse:
-            for ids in _streamed(picks, size):
+            for ids in _keyset_pages(head, key, picked_field, size):
                 written.extend(batch(ids))
             continue
+        picks = head.values_list(picked_field, flat=True)
         while True:
             rows = batch(picks[:size])
             written.extend(rows)
@@ -177,20 +184,52 @@ def _walk(
     return written
 
 
-def _streamed(picks: QuerySet[Any], size: int) -> Iterator[list[Any]]:
-    """Every value of `picks`, from one SELECT, `size` at a time.
+def _keyset_pages(head: QuerySet[Any], key: str, picked_field: str, size: int) -> Iterator[list[Any]]:
+    """`picked_field` of every row of `head` (ordered by key, id), `size` at a time.
 
-    On PostgreSQL they stream from a server-side cursor (Django declares it WITH HOLD
-    outside a transaction, so it outlives each batch's commit): one scan in all, and
-    memory bounded by the batch. SQLite reads them all first: its connection gives no
-    isolation between an open read and the writes made while it is open.
+    Each page is its own short SELECT, `... AND (key, id) > (last key, last id) ORDER BY
+    key, id LIMIT size`: a range of the (key, id) index that starts where the last page
+    ended, so a page costs the same wherever it lies, and nothing stays open between the
+    pages (unlike a server-side cursor, which a commit behind a transaction pooler loses).
+    A row that becomes a candidate behind the walk's position waits for the next run.
     """
-    if connections[picks.db].vendor == "postgresql":
-        values: Iterator[Any] = picks.iterator(chunk_size=size)
-    else:
-        values = iter(list(picks))
-    while batch := list(islice(values, size)):
-        yield batch
+    model = head.model
+    key_field, pk_field = model._meta.get_field(key), model._meta.pk
+    after: tuple[Any, Any] | None = None
+    while True:
+        page = head if after is None else head.filter(_after(key, key_field, pk_field, *after))
+        rows = list(page.values_list(key, "pk", picked_field)[:size])
+        if not rows:
+            return
+        yield [picked for _, _, picked in rows]
+        if len(rows) < size:
+            return
+        after = rows[-1][0], rows[-1][1]
+
+
+def _after(key: str, key_field: Any, pk_field: Any, last_key: Any, last_pk: Any) -> Lookup:
+    """`(key, id) > (last_key, last_pk)` as one row comparison, an index range on (key, id).
+
+    The NULL walk's key is NULL throughout, and NULL compares as unknown: there the
+    position is the id alone (that walk is `key IS NULL` ordered by id).
+    """
+    if last_key is None:
+        return GreaterThan(F("pk"), Value(last_pk, output_field=pk_field))
+    return GreaterThan(
+        _Row(F(key), F("pk"), output_field=key_field),
+        _Row(
+            Value(last_key, output_field=key_field),
+            Value(last_pk, output_field=pk_field),
+            output_field=key_field,
+        ),
+    )
+
+
+class _Row(Func):
+    """A row value, `(a, b)`: PostgreSQL and SQLite both compare rows column by column."""
+
+    function = ""
+    arity = 2
 
 
 def _batch_heads(

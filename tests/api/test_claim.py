@@ -1,4 +1,7 @@
-"""Claims: dispatch order, tenant scoping, deadlines, concurrency limits, and SKIP LOCKED under load."""
+"""Claims: dispatch order, tenant scoping, deadlines, concurrency limits, and SKIP LOCKED under load.
+
+On PostgreSQL every claim test runs through a real PgBouncer in transaction pooling.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ from controlplane.tenants.models import Tenant
 from tests.api.conftest import KeyedAgent, db_snapshot
 
 CLAIM = "/api/v1/jobs/claim"
+
+pytestmark = pytest.mark.usefixtures("through_pgbouncer")
 
 
 def _claim(client: Client, keyed: KeyedAgent) -> Any:

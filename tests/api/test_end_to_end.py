@@ -1,5 +1,8 @@
 """End to end: gunicorn + Celery worker + beat + the simulator, about a minute, on its own database,
 once with Redis as the broker and once with RabbitMQ (on a vhost the test creates and deletes).
+The Redis run's processes reach PostgreSQL through a real PgBouncer in transaction pooling
+(`DATABASE_POOL=pgbouncer`), the production topology of several hosts; the database is
+created, migrated and dropped directly.
 
 50 agents with 10% crashing mid-job and 10% going silent for longer than the recovery
 bound. While it runs, a monitor samples the database twice a second and checks the
@@ -29,6 +32,8 @@ import httpx
 import psycopg
 import pytest
 from django.conf import settings
+
+from tests.pgbouncer import PgBouncer
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres_only]
 
@@ -136,10 +141,18 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, broker: Broker) -> Iterator[Processes]:
+def stack(tmp_path: Path, broker: Broker, request: pytest.FixtureRequest) -> Iterator[Processes]:
     with _admin_connection() as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {E2E_DATABASE} WITH (FORCE)")
         admin.execute(f"CREATE DATABASE {E2E_DATABASE}")
+    pooled: dict[str, str] = {}
+    if broker.name == "redis":
+        bouncer: PgBouncer = request.getfixturevalue("pgbouncer")
+        pooled = {
+            "DATABASE_URL": f"postgres://{settings.DATABASES['default']['USER']}@{bouncer.host}:{bouncer.port}/"
+            f"{E2E_DATABASE}",
+            "DATABASE_POOL": "pgbouncer",
+        }
     env = {
         **os.environ,
         "DEBUG": "1",
@@ -155,7 +168,8 @@ def stack(tmp_path: Path, broker: Broker) -> Iterator[Processes]:
     env.pop("PROMETHEUS_MULTIPROC_DIR")
     processes = Processes(env=env, logs=tmp_path)
     python = str(BIN / "python")
-    processes.run(python, "manage.py", "migrate", "-v0")
+    processes.run(python, "manage.py", "migrate", "-v0")  # directly, never through the pooler
+    processes.env.update(pooled)
     health = {
         "interval_seconds": INTERVAL_SECONDS,
         "run_timeout_seconds": INTERVAL_SECONDS,

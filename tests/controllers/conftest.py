@@ -1,4 +1,7 @@
-"""Drive a controller the way the runner does: fence grant, one database clock, dry-run rollback."""
+"""Drive a controller the way the runner does: fence grant, one database clock, dry-run rollback.
+
+On PostgreSQL, through a real PgBouncer (transaction pooling).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +21,12 @@ from reconcilers.runtime.contract import ReconcileResult
 from reconcilers.runtime.fencing import fence_grant
 
 RunController = Callable[..., ReconcileResult]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _controllers_through_pgbouncer(through_pgbouncer: Any) -> None:
+    """On PostgreSQL every controller test runs through a real PgBouncer in transaction
+    pooling, the production topology of several worker hosts (tests/pgbouncer.py)."""
 
 
 def run_context(

@@ -18,7 +18,7 @@ from tests.controllers.conftest import count_queries, run_context
 MakeAgent = Callable[..., Agent]
 
 
-@pytest.mark.parametrize("sparse", [False, True], ids=["picked-from-head", "streamed"])
+@pytest.mark.parametrize("sparse", [False, True], ids=["picked-from-head", "keyset-pages"])
 @pytest.mark.parametrize("bounded", [False, True], ids=["unbounded", "key-below"])
 def test_update_walks_null_keys_first_then_key_order_and_changes_only_candidates(
     make_agent: MakeAgent, sparse: bool, bounded: bool
@@ -46,7 +46,7 @@ def test_update_walks_null_keys_first_then_key_order_and_changes_only_candidates
 
     assert count == 8
     if sparse:
-        # One SELECT in (NULL first, key, id) order, cut into batches of two; the order
+        # Keyset pages of two in (NULL first, key, id) order; the order
         # inside one UPDATE's RETURNING is the database's.
         expected = [never_seen[0], never_seen[1], never_seen[2], *stale]
         cut = [sorted(changed[i : i + 2]) for i in range(0, 8, 2)]

@@ -68,7 +68,7 @@ def archive_dir_relative(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("reconcilers", "0005_config_rows_store_only_operator_set_params"),
+        ("reconcilers", "0007_run_celery_task_id"),
         ("audit", "0001_initial_audit_log"),
     ]
 
