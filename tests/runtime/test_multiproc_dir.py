@@ -65,7 +65,6 @@ PREIMPORT = (
     "psycopg",
     "pydantic",
     "redis",
-    "rest_framework.serializers",
     "httpx",
 )
 RUNNERS = 2  # forking runners side by side, each with its share of the commands
