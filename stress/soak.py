@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,6 +59,7 @@ BOUND_MB_PER_HOUR = {"web": 1.0, "beat": 1.0, "worker": 2.0}
 SCRAPE_BOUND_SECONDS = 0.1
 FILE_GROWTH_TOLERANCE = 0  # the directory's file count after the warm-up must not grow
 MIN_DUE_FRACTION = 0.9
+COMMANDS_IN_FLIGHT = 3
 DOC_BEGIN = "<!-- soak:begin (written by make soak) -->"
 DOC_END = "<!-- soak:end -->"
 PLOT_NAME = "soak-rss.svg"
@@ -107,20 +109,29 @@ class Commands:
     other_every: float
     stop: threading.Event = field(default_factory=threading.Event)
     count: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
     failed: list[str] = field(default_factory=list)
 
     def run(self) -> None:
+        """On a fixed cadence, whatever each command takes: up to IN_FLIGHT at a time, so a
+        slow machine runs them late rather than fewer of them."""
         others = [["reconcilers"], ["reconcile", "agent-health", "--dry-run", "--json"], ["check"]]
         next_other = time.monotonic() + self.other_every
         i = 0
-        while not self.stop.wait(self.enqueue_every):
-            self._one(["enqueue", "soak", "--create-tenant", "--plan", "team", "--count", "5"])
-            if time.monotonic() >= next_other and not self.stop.is_set():
-                self._one(others[i % len(others)])
-                i += 1
-                next_other += self.other_every
+        with ThreadPoolExecutor(max_workers=COMMANDS_IN_FLIGHT) as pool:
+            while not self.stop.wait(self.enqueue_every):
+                pool.submit(
+                    self._one, ["enqueue", "soak", "--create-tenant", "--plan", "team", "--count", "5"]
+                )
+                if time.monotonic() >= next_other:
+                    pool.submit(self._one, others[i % len(others)])
+                    i += 1
+                    next_other += self.other_every
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _one(self, args: list[str]) -> None:
+        if self.stop.is_set():
+            return
         done = subprocess.run(
             [sys.executable, "manage.py", *args],
             cwd=REPO_ROOT,
@@ -131,7 +142,8 @@ class Commands:
             timeout=120,
             check=False,
         )
-        self.count += 1
+        with self.lock:
+            self.count += 1
         if done.returncode not in (0,):
             self.failed.append(f"{' '.join(args)}: exit {done.returncode}: {done.stderr.decode()[-300:]}")
 
@@ -461,7 +473,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--duration", type=float, default=1800.0, help="seconds (default 30 minutes)")
     parser.add_argument("--warmup", type=float, default=300.0, help="seconds left out of the fits")
     parser.add_argument("--sample-every", type=float, default=10.0)
-    parser.add_argument("--agents", type=int, default=300)
+    parser.add_argument(
+        "--agents", type=int, default=300, help="simulated agents (each polls for a job every 0.5 s)"
+    )
     parser.add_argument("--crash-fraction", type=float, default=0.1)
     parser.add_argument("--job-rate", type=float, default=0.5, help="the simulator's own jobs per second")
     parser.add_argument("--enqueue-every", type=float, default=10.0)

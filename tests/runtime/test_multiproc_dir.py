@@ -25,6 +25,7 @@ COMMANDS = 200
 FORK_RUNNER = textwrap.dedent(
     """
     import importlib, json, os, sys
+    sys.dont_write_bytecode = False  # the first child caches the bytecode the others then load
     for module in PREIMPORT:
         importlib.import_module(module)
     assert "prometheus_client" not in sys.modules
