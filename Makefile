@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install lock lock-check audit run demo screenshot test test-postgres test-sqlite test-matrix lint format typecheck \
-	migrations-check check bench bench-heartbeats stress clean
+	migrations-check check bench bench-heartbeats stress soak clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -120,6 +120,11 @@ STRESS_ARGS ?=
 stress: install ## fault and load suite at full length (PostgreSQL, redis-server; ~6 min): prints the figures, exit 0 only if every invariant held
 	DEBUG=1 LOG_LEVEL=WARNING DATABASE_URL=$(STRESS_PG_URL) $(PY) -m stress $(STRESS_ARGS)
 	DEBUG=1 DATABASE_URL=$(STRESS_PG_URL) STRESS_EXAMPLES=$${STRESS_EXAMPLES:-500} $(BIN)/pytest -q -p no:cacheprovider tests/stress/test_bad_input.py tests/stress/test_checks.py
+
+SOAK_PG_URL ?= postgres://postgres@127.0.0.1:5432/controlplane_soak
+SOAK_ARGS ?=
+soak: install ## the whole system under the simulator for 30 min (SOAK_ARGS="--duration 3600"): fails on RSS growth, a growing metric dir or slow scrapes; figures to docs/reliability.md
+	$(PY) -m stress.soak --pg-url $(SOAK_PG_URL) $(SOAK_ARGS)
 
 clean: ## remove the venv and local state
 	rm -rf $(VENV) .venv-py* var .mypy_cache .ruff_cache .pytest_cache

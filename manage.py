@@ -7,6 +7,11 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
+    # Before anything imports prometheus_client: a short-lived command must not leave its
+    # metric files behind in PROMETHEUS_MULTIPROC_DIR.
+    from controlplane.common.multiproc import multiprocess_scope_for_command
+
+    multiprocess_scope_for_command(sys.argv)
     from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
 

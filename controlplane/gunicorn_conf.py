@@ -5,7 +5,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from reconcilers.runtime.metrics import multiprocess_mark_dead
+from reconcilers.runtime.metrics import multiprocess_dir_reset, multiprocess_mark_dead
+
+
+def on_starting(server: Any) -> None:
+    """The master, before any worker: drop the files of the previous run's workers from
+    PROMETHEUS_MULTIPROC_DIR (files of live processes, such as a worker sharing the
+    directory, stay)."""
+    multiprocess_dir_reset()
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
 

@@ -306,25 +306,52 @@ def multiprocess_enabled() -> bool:
 
 
 def multiprocess_dir_reset(keep_pid: int | None = None) -> None:
-    """Empty the multiprocess directory at worker start (one directory per host/container),
-    so values of a previous run's processes never add up with this run's.
+    """Empty the multiprocess directory when a process group starts (the worker's main
+    process, the gunicorn master), so values of a previous run's processes never add up
+    with this run's.
 
-    Files of `keep_pid` are kept: the worker's main process has already created its own
-    zero-valued series (at Django setup) and keeps writing to those files.
+    Only files of processes that have ended go: a live process writes through a memory map
+    of its files, and deleting them under it would make its values vanish from every scrape
+    until it restarts. So a worker restart never empties the directory under a running web
+    (or another worker) that shares it. Files of `keep_pid` are kept too: the worker's main
+    process has already created its own zero-valued series (at Django setup).
     """
     directory = os.environ.get(MULTIPROC_ENV)
     if not directory:
         return
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    suffix = f"_{keep_pid}.db" if keep_pid is not None else None
     for entry in path.iterdir():
-        if suffix and entry.name.endswith(suffix):
-            continue
         if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+            continue
+        pid = multiprocess_file_pid(entry.name)
+        if pid is not None and (pid == keep_pid or _process_alive(pid)):
+            continue
+        entry.unlink(missing_ok=True)
+
+
+def multiprocess_file_pid(name: str) -> int | None:
+    """The pid in a multiprocess file name (`counter_123.db`, `gauge_livesum_123.db`), or None."""
+    stem, dot, suffix = name.rpartition(".")
+    tail = stem.rpartition("_")[2]
+    if dot and suffix == "db" and tail.isdigit():
+        return int(tail)
+    return None
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether `pid` is a running process on this host (the directory is per host, so its
+    pids are this host's; a process of another user counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def multiprocess_mark_dead(pid: int) -> None:
