@@ -7,13 +7,6 @@ from typing import Any
 
 from reconcilers.runtime.metrics import multiprocess_dir_reset, multiprocess_mark_dead
 
-
-def on_starting(server: Any) -> None:
-    """The master, before any worker: drop the files of the previous run's workers from
-    PROMETHEUS_MULTIPROC_DIR (files of live processes, such as a worker sharing the
-    directory, stay)."""
-    multiprocess_dir_reset()
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
 
 from django.conf import settings  # after naming the settings module
@@ -23,6 +16,13 @@ from django.conf import settings  # after naming the settings module
 # access line carries the request's X-Request-ID. Plain text keeps gunicorn's defaults.
 if settings.LOG_JSON:
     logconfig_dict = settings.LOGGING
+
+
+def on_starting(server: Any) -> None:
+    """The master, before any worker: drop the files of the previous run's workers from
+    PROMETHEUS_MULTIPROC_DIR (files of live processes, such as a worker sharing the
+    directory, stay)."""
+    multiprocess_dir_reset()
 
 
 def child_exit(server: Any, worker: Any) -> None:

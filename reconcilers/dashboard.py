@@ -49,6 +49,7 @@ CHART_HEIGHT_PX = 130
 CHART_PAD_PX = 28
 OUTCOME_COLOURS = {"success": "#2e7d32", "error": "#c62828", "skipped": "#9e9e9e", "dry_run": "#1565c0"}
 DRY_RUN_PERMISSION = "reconcilers.change_reconcilerconfig"
+CONFIG_VIEW_PERMISSION = "reconcilers.view_reconcilerconfig"
 REFRESH_SECONDS = 15  # the page reloads itself (meta refresh) this often
 SPARK_BAR_PX = 4
 SPARK_HEIGHT_PX = 22
@@ -131,7 +132,6 @@ def _row_url(row_id: int | None) -> str:
         return reverse("admin:reconcilers_reconcilerconfig_change", args=[row_id])
     except NoReverseMatch:
         return ""
-CONFIG_VIEW_PERMISSION = "reconcilers.view_reconcilerconfig"
 
 
 @dataclass

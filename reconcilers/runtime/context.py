@@ -72,7 +72,7 @@ class RunContext:
     run_id: int | None = None  # the run's history row, kept equal to what has committed
     progress: Progress | None = None  # stamped at each checkpoint: the run is alive (liveness.py)
     committed: dict[str, int] = field(default_factory=dict)  # per step, in committed batches
-    progress: ProgressSink | None = None
+    progress_sink: ProgressSink | None = None  # told of each committed batch (events, bars)
     batches: int = 0  # outermost transactions that completed
     _pending: dict[str, int] | None = field(default=None, repr=False)  # the open batch's tally
 
@@ -102,7 +102,7 @@ class RunContext:
     def _progress_notify(self) -> None:
         """After the batch's transaction: whoever watches hears of it once it is visible in
         the run row. A broken watcher (broker down) is logged, never fails the run."""
-        if self.progress is None:
+        if self.progress_sink is None:
             return
         progress = RunProgress(
             controller=self.controller,
@@ -115,7 +115,7 @@ class RunContext:
             elapsed_seconds=time.monotonic() - self.started_monotonic,
         )
         try:
-            self.progress(progress)
+            self.progress_sink(progress)
         except Exception as exc:
             log.warning("%s: progress not reported (the run goes on): %s", self.controller, exc)
 

@@ -8,7 +8,6 @@ servers on private loopback ports: a Sentinel cluster (17120-17124), a TLS redis
 from __future__ import annotations
 
 import logging
-
 import socket
 import ssl
 import subprocess
