@@ -17,7 +17,11 @@ from django.db import connection, transaction
 from reconcilers.models import ReconcileRun
 from reconcilers.runtime.contract import Controller, LockLostError, ReconcileResult, RunTimeoutError
 from reconcilers.runtime.fencing import fence_check, fence_current
-from reconcilers.runtime.liveness import Progress, statement_timeout_seconds
+from reconcilers.runtime.liveness import (
+    Progress,
+    idle_in_transaction_timeout_seconds,
+    statement_timeout_seconds,
+)
 
 LOGGED_IDS_MAX = 50  # affected ids logged per step at DEBUG, so a million-row step stays one line
 
@@ -173,11 +177,16 @@ class RunContext:
         # Kept below the lock TTL so a paused holder cannot block a new one indefinitely
         # (threads and libpq waits cannot be interrupted from Python; the server can).
         millis = int(statement_timeout_seconds(self.statement_timeout_seconds) * 1000)
+        idle = int(idle_in_transaction_timeout_seconds(self.statement_timeout_seconds) * 1000)
         with connection.cursor() as cursor:
-            # set_config(..., true) is SET LOCAL; both in one round trip, once per batch.
+            # set_config(..., true) is SET LOCAL: it holds for this batch's transaction only, so
+            # it also holds behind PgBouncer's transaction pooling, where the run's session
+            # settings (liveness.session_timeouts_apply) may land on another server connection.
+            # All three in one round trip, once per batch.
             cursor.execute(
-                "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
-                [f"{millis}ms", f"{millis}ms"],
+                "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true),"
+                " set_config('idle_in_transaction_session_timeout', %s, true)",
+                [f"{millis}ms", f"{millis}ms", f"{idle}ms"],
             )
 
 

@@ -201,6 +201,7 @@ class _Run:
             statement_timeout_seconds=lock_ttl_seconds(),
             lock_lost=lost,
             run_id=self.row_id,
+            progress=self.progress,
             progress_sink=self.progress_sink,
         )
         self.sink.set_controller_running(self.name, True)

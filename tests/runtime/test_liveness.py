@@ -64,6 +64,22 @@ class Probe(Controller):
         return self.result(written=0)
 
 
+class BatchProbe(Controller):
+    """Reads its session's timeouts outside and inside one of its batch transactions."""
+
+    name = "test-batch-probe"
+    default_interval_seconds = 60
+    step_names = ("written",)
+    outside: ClassVar[dict[str, str]] = {}
+    inside: ClassVar[dict[str, str]] = {}
+
+    def reconcile(self, ctx: ReconcileContext) -> ReconcileResult:
+        type(self).outside.update(_timeouts())
+        with ctx.transaction():
+            type(self).inside.update(_timeouts())
+        return self.result(written=0)
+
+
 class SoftLimited(Controller):
     """Celery's soft time limit fires while the driver waits for a statement's result."""
 
@@ -100,8 +116,10 @@ def _timeouts() -> dict[str, str]:
 def local_controllers(db: Any, redis_client: redis.Redis) -> Iterator[None]:
     Stall.entered.clear()
     Probe.seen.clear()
-    with controllers_installed(Stall, Probe, SoftLimited):
-        schedule_sync([Stall.name, Probe.name, SoftLimited.name])
+    BatchProbe.outside.clear()
+    BatchProbe.inside.clear()
+    with controllers_installed(Stall, Probe, BatchProbe, SoftLimited):
+        schedule_sync([Stall.name, Probe.name, BatchProbe.name, SoftLimited.name])
         yield
 
 
@@ -256,6 +274,24 @@ def test_a_run_bounds_its_session_and_gives_the_connection_back(
     summary = run_controller(Probe.name, trigger="test")
     assert summary.outcome == "success", summary.error_text
     assert Probe.seen == {"statement_timeout": "5s", "lock_timeout": "5s", "idle_in_transaction": "4s"}
+    assert _timeouts() == before
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)  # each batch a real transaction, as in production
+def test_behind_pgbouncer_each_batch_bounds_itself_and_the_session_is_left_alone(
+    local_controllers: None, settings: Any
+) -> None:
+    """In transaction pooling a session setting would land on whichever server connection ran
+    that statement, then on another client: the run sets none, and every batch transaction
+    carries all three timeouts itself (SET LOCAL)."""
+    settings.RECONCILERS_LOCK_TTL_SECONDS = 6
+    settings.DATABASE_POOL = "pgbouncer"
+    before = _timeouts()
+    summary = run_controller(BatchProbe.name, trigger="test")
+    assert summary.outcome == "success", summary.error_text
+    assert BatchProbe.outside == before
+    assert BatchProbe.inside == {"statement_timeout": "5s", "lock_timeout": "5s", "idle_in_transaction": "4s"}
     assert _timeouts() == before
 
 
