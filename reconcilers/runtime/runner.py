@@ -72,8 +72,7 @@ def run(
     ReconcileRun row.
     """
     sink = metrics_sink or metrics()
-    one = _Run(controller, sink, dry_run, force, ignore_brake, trigger, time.monotonic())
-    one.progress = progress
+    one = _Run(controller, sink, dry_run, force, ignore_brake, trigger, time.monotonic(), progress)
     # Every line logged during the run, by any logger, carries these (and run_id and fence
     # once the run has them): an operator filters one run's lines by run_id.
     with log_context(controller=controller.name, trigger=trigger):
@@ -95,6 +94,7 @@ class _Run:
         ignore_brake: bool,
         trigger: str,
         started: float,
+        progress: ProgressSink | None = None,
     ) -> None:
         self.controller = controller
         self.name = controller.name
@@ -109,7 +109,7 @@ class _Run:
         self.row_id: int | None = None  # the history row, once the run holds its grant
         self.grant: Grant | None = None
         self.ctx: RunContext | None = None
-        self.progress: ProgressSink | None = None
+        self.progress = progress
 
     def execute(self) -> RunSummary:
         connection_recover()  # a connection the server closed during the previous run
