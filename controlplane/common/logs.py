@@ -1,4 +1,4 @@
-"""Log context and formatters: what every line of every process carries (design.md §4.12).
+"""Log context and formatters: what every line of every process carries (design.md §4.11).
 
 A `ContextVar` holds the fields of the work in progress (a run's controller, run id, fence
 and trigger; a request's id); `ContextFilter`, on the one stderr handler, copies them onto

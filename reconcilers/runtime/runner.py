@@ -80,9 +80,8 @@ def run(
     ReconcileRun row.
     """
     sink = metrics_sink or metrics()
-    one = _Run(controller, sink, dry_run, force, ignore_brake, trigger, time.monotonic())
+    one = _Run(controller, sink, dry_run, force, ignore_brake, trigger, time.monotonic(), progress)
     one.task_id = task_id[:255]  # the Celery message's id, kept on the run row
-    one.progress_sink = progress
     # Every line logged during the run, by any logger, carries these (and run_id and fence
     # once the run has them): an operator filters one run's lines by run_id.
     with log_context(controller=controller.name, trigger=trigger):
@@ -104,6 +103,7 @@ class _Run:
         ignore_brake: bool,
         trigger: str,
         started: float,
+        progress_sink: ProgressSink | None = None,
     ) -> None:
         self.controller = controller
         self.name = controller.name
@@ -121,7 +121,7 @@ class _Run:
         self.ctx: RunContext | None = None
         self.lost = threading.Event()  # set by the renewer: the lock was lost or given up
         self.progress: Progress | None = None  # the run's last sign of life, once it holds the lock
-        self.progress_sink: ProgressSink | None = None  # told the run's progress events
+        self.progress_sink = progress_sink  # told of each committed batch
 
     def execute(self) -> RunSummary:
         connection_recover()  # a connection the server closed during the previous run
