@@ -81,6 +81,9 @@ def _agents(count: int, *, health: str, seen_ago: str, lease: tuple[int, str] | 
 
 
 def _run(name: str) -> Any:
+    # Time is not what these tests measure (bench/ does): on a loaded machine a run may take
+    # longer than its default timeout, which would cut it at a batch boundary.
+    config_update(name, {"interval_seconds": 3600, "run_timeout_seconds": 3600}, actor="user:test")
     summary = run_controller(name, force=True)
     assert summary.outcome == "success", summary.error_text
     return summary
@@ -223,4 +226,4 @@ def test_audit_retention_deletes_in_batches(through_pgbouncer: PgBouncer) -> Non
     assert summary.items == ROWS
     purges = AuditLog.objects.filter(action="audit.retention.purged")
     assert purges.count() == 3
-    assert AuditLog.objects.exclude(action="audit.retention.purged").count() - 1 <= 100  # + config audit
+    assert AuditLog.objects.filter(action="pgb.event").count() == 100  # only the young ones are left
