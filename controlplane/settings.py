@@ -205,9 +205,9 @@ INSTALLED_APPS = [
     "controlplane.demo",  # after the apps whose admin it extends
 ]
 
-# The agent API's lighter path (controlplane/api/middleware.py): session, CSRF, authentication
-# and messages are Django's, wrapped to step aside for /api/v1/ (bearer keys, no cookies), and
-# the API skips the per-request connection health check.
+# The agent API's lighter path (controlplane/api/middleware.py): session, authentication and
+# messages are Django's, wrapped to step aside for /api/v1/ (bearer keys, no cookies), and the
+# API skips the per-request connection health check.
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "controlplane.api.middleware.AgentApiConnectionMiddleware",
@@ -215,7 +215,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "controlplane.api.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "controlplane.api.middleware.CsrfViewMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
     "controlplane.api.middleware.AuthenticationMiddleware",
     "controlplane.api.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
