@@ -331,9 +331,9 @@ AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
 ]
 
-# The agent API's lighter path (controlplane/api/middleware.py): session, CSRF, authentication
-# and messages are Django's, wrapped to step aside for /api/v1/ (bearer keys, no cookies), and
-# the API skips the per-request connection health check.
+# The agent API's lighter path (controlplane/api/middleware.py): session, authentication and
+# messages are Django's, wrapped to step aside for /api/v1/ (bearer keys, no cookies), and the
+# API skips the per-request connection health check.
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     # First after the timer: every line logged while a request runs carries its id.
@@ -343,7 +343,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "controlplane.api.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "controlplane.api.middleware.CsrfViewMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
     "controlplane.api.middleware.AuthenticationMiddleware",
     "controlplane.api.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",

@@ -1,12 +1,13 @@
-"""A lighter request path for the agent API: no session, CSRF, user, messages or per-request
+"""A lighter request path for the agent API: no session, user, messages or per-request
 connection health check on /api/v1/.
 
 Agents authenticate every request with a bearer key and never carry a cookie, so the
-session, CSRF, authentication and messages middleware only cost time on /api/v1/ (the
-heartbeat is the most frequent request of the product). Each class below wraps one of
-Django's and steps aside for the agent API's paths; everything else (the admin, /metrics,
-/readyz) gets the original unchanged. Prometheus, security and common middleware still
-run for the API.
+session, authentication and messages middleware only cost time on /api/v1/ (the heartbeat
+is the most frequent request of the product). Each class below wraps one of Django's and
+steps aside for the agent API's paths; everything else (the admin, /metrics, /readyz) gets
+the original unchanged. Prometheus, security and common middleware still run for the API.
+CSRF stays Django's own, unwrapped: `check --deploy` looks for it by name, and for the API's
+views (csrf-exempt, no cookie) it only reads an absent cookie.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from django.contrib.auth import middleware as auth
 from django.contrib.messages import middleware as messages
 from django.contrib.sessions import middleware as sessions
 from django.db import connections
-from django.http import HttpRequest, HttpResponseForbidden
-from django.middleware import csrf
+from django.http import HttpRequest
 from django.utils.deprecation import MiddlewareMixin
 
 AGENT_API_PATH_PREFIX = "/api/v1/"
@@ -40,15 +40,6 @@ class _BrowserOnly(MiddlewareMixin):
 
 class SessionMiddleware(_BrowserOnly, sessions.SessionMiddleware):
     pass
-
-
-class CsrfViewMiddleware(_BrowserOnly, csrf.CsrfViewMiddleware):
-    def process_view(
-        self, request: HttpRequest, view: Any, args: Any, kwargs: Any
-    ) -> HttpResponseForbidden | None:
-        if is_agent_api(request):
-            return None
-        return super().process_view(request, view, args, kwargs)
 
 
 class AuthenticationMiddleware(_BrowserOnly, auth.AuthenticationMiddleware):

@@ -141,13 +141,13 @@ def test_a_re_enabled_agent_authenticates_again(
 
 
 @pytest.mark.django_db
-def test_the_agent_api_skips_session_csrf_user_and_messages(
+def test_the_agent_api_skips_session_user_and_messages(
     client: Client, make_keyed_agent: Callable[..., KeyedAgent]
 ) -> None:
     keyed = make_keyed_agent()
     api = client.post(HEARTBEAT, **keyed.auth)
     assert api.status_code == 200
-    for attribute in ("session", "user", "_messages", "csrf_cookie_needs_reset"):
+    for attribute in ("session", "user", "_messages"):
         assert not hasattr(api.wsgi_request, attribute), attribute
     assert "Cookie" not in api.get("Vary", "")
     # Everything else keeps Django's middleware: the admin's login page still sets its CSRF cookie.
