@@ -442,9 +442,7 @@ def doc_section(
         f"| metric directory size: after warm-up / end (MB) | {f['dir_mb'][0]:.1f} / {f['dir_mb'][1]:.1f} |",
     ]
     for name, (median, p95, worst) in f["scrape"].items():
-        lines.append(
-            f"| scrape, {name}: median / p95 / max (s) | {median:.3f} / {p95:.3f} / {worst:.3f} |"
-        )
+        lines.append(f"| scrape, {name}: median / p95 / max (s) | {median:.3f} / {p95:.3f} / {worst:.3f} |")
     lines += [
         "| PostgreSQL connections after warm-up: min / max "
         f"| {f['pg_connections'][0]} / {f['pg_connections'][1]} |",
