@@ -64,20 +64,21 @@ DOC_BEGIN = "<!-- soak:begin (written by make soak) -->"
 DOC_END = "<!-- soak:end -->"
 PLOT_NAME = "soak-rss.svg"
 TITLE = "RSS per long-lived process (MB) over the soak (minutes)"
+# The worker main under tracemalloc, from the end of the warm-up on: tracing the start-up
+# (every import) is slow and is not the growth looked for.
 TRACEMALLOC_WRAPPER = """
 import os, sys, threading, time, tracemalloc
-tracemalloc.start(int(os.environ.get("SOAK_TRACEMALLOC_FRAMES", "8")))
 main_pid = os.getpid()
 out = os.environ["SOAK_TRACEMALLOC_DIR"]
-every = float(os.environ.get("SOAK_TRACEMALLOC_EVERY", "60"))
+every = float(os.environ["SOAK_TRACEMALLOC_EVERY"])
 def dump():
+    time.sleep(float(os.environ["SOAK_TRACEMALLOC_AFTER"]))
+    tracemalloc.start(int(os.environ.get("SOAK_TRACEMALLOC_FRAMES", "6")))
     n = 0
-    while True:
-        time.sleep(every)
-        if os.getpid() != main_pid:
-            return
+    while os.getpid() == main_pid:
         tracemalloc.take_snapshot().dump(os.path.join(out, f"snap-{n:04d}.tracemalloc"))
         n += 1
+        time.sleep(every)
 threading.Thread(target=dump, daemon=True).start()
 from celery.__main__ import main
 sys.argv[0] = "celery"
@@ -384,13 +385,15 @@ def run_health(since: datetime, until: datetime, db_url: str) -> dict[str, Any]:
     return {"runs": by, "due_fraction": due_fraction, "errors": errors}
 
 
-def tracemalloc_report(snap_dir: Path, warmup: float, every: float, top: int = 15) -> str:
+def tracemalloc_report(snap_dir: Path, top: int = 15) -> str:
+    """What the worker main allocated and still held between the first snapshot (end of
+    the warm-up) and the last, by line and by call stack."""
     import tracemalloc
 
     snaps = sorted(snap_dir.glob("snap-*.tracemalloc"))
     if len(snaps) < 2:
         return "tracemalloc: fewer than two snapshots"
-    first_index = min(len(snaps) - 2, max(0, int(warmup // every) - 1))
+    first_index = 0
     first = tracemalloc.Snapshot.load(str(snaps[first_index]))
     last = tracemalloc.Snapshot.load(str(snaps[-1]))
     ignore = [
@@ -596,6 +599,7 @@ def main(argv: list[str]) -> int:
             extra = {
                 "SOAK_TRACEMALLOC_DIR": str(snap_dir),
                 "SOAK_TRACEMALLOC_EVERY": str(args.sample_every * 6),
+                "SOAK_TRACEMALLOC_AFTER": str(args.warmup),
             }
             worker = procs.start("worker", [py, "-c", TRACEMALLOC_WRAPPER, *worker_argv], **extra)
         else:
@@ -739,7 +743,7 @@ def main(argv: list[str]) -> int:
     ok = not result.violations
     svg_plot(samples, args.warmup, log_dir / PLOT_NAME)
     if args.tracemalloc:
-        report = tracemalloc_report(log_dir / "tracemalloc", args.warmup, args.sample_every * 6)
+        report = tracemalloc_report(log_dir / "tracemalloc")
         (log_dir / "tracemalloc.txt").write_text(report)
         print(report)
     if not args.no_doc:
