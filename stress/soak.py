@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import csv
 import json
+import math
 import os
 import re
 import signal
@@ -63,7 +64,7 @@ COMMANDS_IN_FLIGHT = 3
 DOC_BEGIN = "<!-- soak:begin (written by make soak) -->"
 DOC_END = "<!-- soak:end -->"
 PLOT_NAME = "soak-rss.svg"
-TITLE = "RSS per long-lived process (MB) over the soak (minutes)"
+TITLE = "RSS change per process after the warm-up (MB), by minute of the soak"
 # The worker main under tracemalloc, from the end of the warm-up on: tracing the start-up
 # (every import) is slow and is not the growth looked for.
 TRACEMALLOC_WRAPPER = """
@@ -222,20 +223,30 @@ def count_5xx(client: httpx.Client, url: str) -> int:
 
 
 def svg_plot(samples: list[Sample], warmup: float, path: Path) -> None:
-    """RSS over time per process, a plain SVG (no plotting library needed)."""
+    """Each process's RSS change from its value at the end of the warm-up, over time: a
+    plain SVG (no plotting library needed). Absolute sizes are in the table beside it;
+    on a scale that holds them, a growth of 1 MB/h would be a flat line."""
+    base: dict[str, float] = {}
     series: dict[str, list[tuple[float, float]]] = {}
     for s in samples:
         for role, mb in s.rss.items():
-            series.setdefault(role, []).append((s.t / 60, mb))
+            if s.t >= warmup:
+                base.setdefault(role, mb)
+    for s in samples:
+        for role, mb in s.rss.items():
+            if role in base and s.t >= warmup:
+                series.setdefault(role, []).append((s.t / 60, mb - base[role]))
     width, height, left, right, top, bottom = 860, 420, 60, 190, 30, 45
-    t_max = max((s.t for s in samples), default=1) / 60 or 1
-    values = [mb for pts in series.values() for _, mb in pts]
-    y_min = int(min(values, default=0) // 10 * 10)
-    y_max = int(max(values, default=1) // 10 * 10 + 10)
+    t_min = warmup / 60
+    t_max = max(max((s.t for s in samples), default=1) / 60, t_min + 1)
+    values = [mb for pts in series.values() for _, mb in pts] or [0.0]
+    step = 0.5 if max(values) - min(values) <= 6 else 2.0
+    y_min = math.floor(min(values) / step) * step
+    y_max = math.ceil(max(values) / step) * step + step
     pw, ph = width - left - right, height - top - bottom
 
     def x(t: float) -> float:
-        return left + pw * t / t_max
+        return left + pw * (t - t_min) / (t_max - t_min)
 
     def y(mb: float) -> float:
         return top + ph * (1 - (mb - y_min) / ((y_max - y_min) or 1))
@@ -256,15 +267,17 @@ def svg_plot(samples: list[Sample], warmup: float, path: Path) -> None:
         'font-size="11">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
         f'<text x="{left}" y="18" font-size="13">{TITLE}</text>',
-        f'<rect x="{x(0)}" y="{top}" width="{x(warmup / 60) - x(0)}" height="{ph}" fill="#eeeeee"/>',
-        f'<text x="{x(0) + 4}" y="{top + 12}" fill="#777">warm-up</text>',
     ]
-    step = max(10, (y_max - y_min) // 8 // 10 * 10)
-    for mb in range(y_min, y_max + 1, step):
-        out.append(f'<line x1="{left}" y1="{y(mb):.1f}" x2="{left + pw}" y2="{y(mb):.1f}" stroke="#ddd"/>')
-        out.append(f'<text x="{left - 6}" y="{y(mb) + 4:.1f}" text-anchor="end">{mb}</text>')
-    t_step = max(1, int(t_max // 6))
-    for t in range(0, int(t_max) + 1, t_step):
+    mb = y_min
+    while mb <= y_max + 1e-9:
+        stroke = "#999" if abs(mb) < 1e-9 else "#ddd"
+        out.append(
+            f'<line x1="{left}" y1="{y(mb):.1f}" x2="{left + pw}" y2="{y(mb):.1f}" stroke="{stroke}"/>'
+        )
+        out.append(f'<text x="{left - 6}" y="{y(mb) + 4:.1f}" text-anchor="end">{mb:+.1f}</text>')
+        mb += step
+    t_step = max(1, int((t_max - t_min) // 6))
+    for t in range(math.ceil(t_min), int(t_max) + 1, t_step):
         out.append(f'<text x="{x(t):.1f}" y="{top + ph + 16}" text-anchor="middle">{t}</text>')
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>')
     for n, (role, pts) in enumerate(sorted(series.items())):
@@ -272,7 +285,7 @@ def svg_plot(samples: list[Sample], warmup: float, path: Path) -> None:
         d = " ".join(f"{x(t):.1f},{y(mb):.1f}" for t, mb in pts)
         out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{d}"/>')
         out.append(f'<rect x="{left + pw + 12}" y="{top + 16 * n}" width="12" height="3" fill="{color}"/>')
-        out.append(f'<text x="{left + pw + 28}" y="{top + 16 * n + 5}">{role}</text>')
+        out.append(f'<text x="{left + pw + 28}" y="{top + 16 * n + 5}">{role} ({base[role]:.0f} MB)</text>')
     out.append("</svg>")
     path.write_text("\n".join(out) + "\n")
 
