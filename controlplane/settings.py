@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from environs import Env, EnvError, validate
+from environs import Env, EnvError
 
 from controlplane.common.logs import logging_config
 from controlplane.common.redis import (
@@ -75,22 +75,19 @@ _database: dict[str, Any] = _read(
 # statement waits, tcp_user_timeout drops a connection whose sent data stays unacked.
 # Defaults detect a dead peer in about 25 s, below the lock TTL's multiples (design.md §4.4).
 # Read whatever the database, so a malformed value always stops start-up; applied to
-# PostgreSQL only. (validate.Range raises; a validate lambda returning False would be
-# silently ignored by environs.)
+# PostgreSQL only.
 DATABASE_LIVENESS_OPTIONS: dict[str, int] = {
     "keepalives": 1,
     "keepalives_idle": _read(
-        "DATABASE_KEEPALIVES_IDLE_SECONDS", env.int, 10, validate=validate.Range(min=1, max=3600)
+        "DATABASE_KEEPALIVES_IDLE_SECONDS", env.int, 10, validate=lambda v: 1 <= v <= 3600
     ),
     "keepalives_interval": _read(
-        "DATABASE_KEEPALIVES_INTERVAL_SECONDS", env.int, 5, validate=validate.Range(min=1, max=3600)
+        "DATABASE_KEEPALIVES_INTERVAL_SECONDS", env.int, 5, validate=lambda v: 1 <= v <= 3600
     ),
-    "keepalives_count": _read(
-        "DATABASE_KEEPALIVES_COUNT", env.int, 3, validate=validate.Range(min=1, max=100)
-    ),
+    "keepalives_count": _read("DATABASE_KEEPALIVES_COUNT", env.int, 3, validate=lambda v: 1 <= v <= 100),
     # libpq takes milliseconds; 0 leaves the kernel's default (off)
     "tcp_user_timeout": 1000
-    * _read("DATABASE_TCP_USER_TIMEOUT_SECONDS", env.int, 20, validate=validate.Range(min=0, max=3600)),
+    * _read("DATABASE_TCP_USER_TIMEOUT_SECONDS", env.int, 20, validate=lambda v: 0 <= v <= 3600),
 }
 # --- end of PostgreSQL connection liveness ------------------------------------------------
 if not _database.get("ENGINE"):

@@ -112,7 +112,7 @@ def test_upgrade_keeps_only_operator_set_params_so_the_heartbeat_setting_moves_t
         assert refused.value.field == "params.stale_timeout_seconds"
 
 
-BEFORE_ARCHIVE_ROOT = ("reconcilers", "0005_config_rows_store_only_operator_set_params")
+BEFORE_ARCHIVE_ROOT = ("reconcilers", "0007_run_celery_task_id")
 
 
 @pytest.mark.django_db(transaction=True)

@@ -39,6 +39,13 @@ def staff_client(username: str, codenames: list[str], *, superuser: bool = False
 CONFIG_PERMS = ["view_reconcilerconfig", "change_reconcilerconfig"]
 
 
+@pytest.fixture(autouse=True)
+def runs_in_process(settings: Any) -> None:
+    """The permission checks come before the run is sent anywhere; in-process runs let the
+    tests see the allowed ones in the run history (the Celery path: tests/runtime/test_admin_runs.py)."""
+    settings.RECONCILERS_ADMIN_RUNS = "inprocess"
+
+
 @pytest.fixture
 def rows(db: Any) -> dict[str, ReconcilerConfig]:
     return {name: config_ensure(controller_get(name)) for name in (NAME, "token-cleanup")}
