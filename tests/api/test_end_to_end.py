@@ -164,6 +164,10 @@ def stack(tmp_path: Path, broker: Broker, request: pytest.FixtureRequest) -> Ite
         "AGENT_HEARTBEAT_INTERVAL_SECONDS": str(HEARTBEAT_SECONDS),
         "WORKER_METRICS_PORT": "0",
         "PROMETHEUS_MULTIPROC_DIR": "",
+        # The whole simulated fleet registers from 127.0.0.1: one address, like agents behind one
+        # NAT, which the per-address limits would rightly stop after their burst.
+        "API_REGISTER_BURST": str(AGENTS * 10),
+        "API_UNAUTHORIZED_BURST": str(AGENTS * 10),
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR")
     processes = Processes(env=env, logs=tmp_path)
