@@ -31,7 +31,7 @@ from controlplane.audit.archive import (
     archive_folder_check,
     archive_payload,
 )
-from controlplane.audit.archive_storage import S3_SCHEME, archive_storage, s3_location_problem
+from controlplane.audit.archive_storage import archive_storage, s3_location_problem
 from controlplane.audit.models import AuditLog, AuditLogQuerySet
 from controlplane.audit.redaction import redact_secrets
 from controlplane.audit.services import audit_record
@@ -64,11 +64,13 @@ class AuditRetentionParams(ControllerParams):
             return None
         if "\x00" in value:
             raise ValueError("must not contain a NUL character")
-        if value.startswith(S3_SCHEME):
+        if value.lower().startswith("s3:"):  # "s3:bucket" is a mistyped location, not a folder name
             problem = s3_location_problem(value)
             if problem:
                 raise ValueError(problem)
             return value
+        if "://" in value:
+            raise ValueError("object storage must be s3://bucket or s3://bucket/prefix")
         try:
             # Checked on every read of the config, so a symlink planted after the save
             # makes the config invalid (runs refused) as well as failing the writer.

@@ -164,7 +164,16 @@ def test_an_unreachable_bucket_is_refused_before_anything_is_deleted(s3: Threade
 
 
 @pytest.mark.parametrize(
-    "location", ["s3://", "s3:///prefix", "s3://bucket?x=1", "s3://user@bucket/p", "s3:bucket"]
+    "location",
+    [
+        "s3://",
+        "s3:///prefix",
+        "s3://bucket?x=1",
+        "s3://user@bucket/p",
+        "s3:bucket",
+        "S3:/bucket",
+        "gs://bucket",
+    ],
 )
 def test_a_malformed_s3_location_is_refused_by_the_schema(location: str) -> None:
     from reconcilers.controllers.audit_retention import AuditRetentionParams
