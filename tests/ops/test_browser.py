@@ -122,13 +122,22 @@ def test_tune_a_controller_dry_run_it_and_see_the_run(
     assert panel.find_elements(By.CSS_SELECTOR, "svg.rc-chart circle")
 
 
-def _login(browser: Any, url: str, username: str, password: str) -> None:
+def _login(browser: Any, url: str, username: str, password: str) -> bool:
+    """Submit the login form and wait for the answer; False when the login page itself was
+    refused (a locked-out address gets the lockout page instead of the form)."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(f"{url}/admin/login/")
+    if not browser.find_elements(By.NAME, "username"):
+        return False
     browser.find_element(By.NAME, "username").send_keys(username)
     browser.find_element(By.NAME, "password").send_keys(password)
-    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    submit = browser.find_element(By.CSS_SELECTOR, "input[type=submit]")
+    submit.click()
+    WebDriverWait(browser, WAIT_SECONDS).until(ec.staleness_of(submit))
+    return True
 
 
 def test_least_privilege_lockout_and_secrets_in_the_browser(
@@ -193,7 +202,9 @@ def test_least_privilege_lockout_and_secrets_in_the_browser(
     # Lockout: five wrong passwords, then the right one is refused too.
     browser.delete_all_cookies()
     for _ in range(5):
-        _login(browser, live_server.url, "tuner", "wrong-password")
+        assert _login(browser, live_server.url, "tuner", "wrong-password")
+    assert "locked" in browser.page_source.lower()  # the fifth failure locks out (django-axes)
+    # The right password now: refused, whether the form is still offered or not.
     _login(browser, live_server.url, "tuner", "tuner-pass-1234")
     wait.until(ec.presence_of_element_located((By.TAG_NAME, "body")))
     assert "locked" in browser.page_source.lower()
