@@ -218,16 +218,24 @@ _CLAIM_SET = """
        AND status = 'pending' AND agent_id IS NULL
  RETURNING id, dispatch_attempts, kind, payload
 """
+# The agent's room, checked again in the claiming statement itself: the held-jobs count read
+# with the agent's lock comes from that statement's snapshot, taken before it waited for the
+# lock, so it misses a job that a concurrent claim of the same agent committed meanwhile. This
+# later statement's snapshot includes it. Uncorrelated, so PostgreSQL tests it once, before
+# scanning (and locking) any candidate.
+_ROOM = """
+    (SELECT count(*) FROM {table} held WHERE held.agent_id = %s AND held.status IN ({active})) < %s
+"""
 _PICK_PLATFORM = """
     SELECT id FROM {table}
-     WHERE status = 'pending' AND is_platform_job = %s AND agent_id IS NULL
+     WHERE {room} AND status = 'pending' AND is_platform_job = %s AND agent_id IS NULL
        AND (expires_at IS NULL OR expires_at > {now})
      ORDER BY queue_priority DESC, queued_at ASC, id ASC
      LIMIT 1 {lock}
 """
 _PICK_TENANT = """
     SELECT id FROM {table}
-     WHERE tenant_id = %s AND status = 'pending' AND is_platform_job = %s AND agent_id IS NULL
+     WHERE {room} AND tenant_id = %s AND status = 'pending' AND is_platform_job = %s AND agent_id IS NULL
        AND (target_agent_id IS NULL OR target_agent_id = %s)
        AND (expires_at IS NULL OR expires_at > {now})
      ORDER BY queued_at ASC, id ASC
@@ -253,12 +261,13 @@ def command_claim(agent_id: int) -> ClaimedCommand | None:
     is atomic by itself (the database has one writer), which is what serialises claims.
 
     On PostgreSQL a claim is four round trips: BEGIN, the agent row with its held-jobs
-    count, the UPDATE ... RETURNING the job, COMMIT. Claims are the hot path of every
-    agent's poll loop, so nothing is read twice.
+    count, the UPDATE ... RETURNING the job (which counts the held jobs again, see _ROOM),
+    COMMIT. Claims are the hot path of every agent's poll loop, so nothing else is read.
     """
     with transaction.atomic():
-        # Locking the agent row serialises one agent's concurrent claims, so the
-        # held-jobs count read with it cannot be raced past max_concurrent_jobs.
+        # Locking the agent row serialises one agent's concurrent claims. The held-jobs
+        # count read with it is an early way out only: the claiming UPDATE checks the room
+        # again (_ROOM), after the lock, so no race takes an agent past max_concurrent_jobs.
         with connection.cursor() as cursor:
             cursor.execute(
                 _CLAIMING_AGENT.format(
@@ -281,12 +290,14 @@ def command_claim(agent_id: int) -> ClaimedCommand | None:
         else:
             now_sql, now_params, lock = "%s", [connection.ops.adapt_datetimefield_value(db_now())], ""
         table = Command._meta.db_table
+        room = _ROOM.format(table=table, active=", ".join(["%s"] * len(ACTIVE_STATUSES)))
+        room_params = [agent_id, *ACTIVE_STATUSES, max_concurrent_jobs]
         if is_platform_agent:
-            pick = _PICK_PLATFORM.format(table=table, lock=lock, now=now_sql)
-            pick_params: list[Any] = [True, *now_params]
+            pick = _PICK_PLATFORM.format(table=table, lock=lock, now=now_sql, room=room)
+            pick_params: list[Any] = [*room_params, True, *now_params]
         else:
-            pick = _PICK_TENANT.format(table=table, lock=lock, now=now_sql)
-            pick_params = [tenant_id, False, agent_id, *now_params]
+            pick = _PICK_TENANT.format(table=table, lock=lock, now=now_sql, room=room)
+            pick_params = [*room_params, tenant_id, False, agent_id, *now_params]
         with connection.cursor() as cursor:
             cursor.execute(
                 _CLAIM_SET.format(table=table, pick=pick, now=now_sql), [agent_id, *now_params, *pick_params]

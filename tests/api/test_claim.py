@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test import Client
 
 from controlplane.agents.models import Agent, AgentHealth, AgentStatus
@@ -200,3 +200,60 @@ def test_eight_concurrent_claimers_take_each_job_once_and_always_the_best_remain
     # And the claims really overlapped (the test would prove nothing serially).
     overlaps = sum(1 for a, b in itertools.pairwise(claims) if b[0] < a[1])
     assert overlaps > 0
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_that_waited_for_the_agent_lock_sees_the_job_its_holder_just_claimed(
+    make_agent: Callable[..., Agent], make_command: Callable[..., Command]
+) -> None:
+    """Two claims of one agent at max_concurrent_jobs = 1: the second waits on the agent row
+    while the first claims a job and commits. The held-jobs count the second acts on must
+    include that job (a count read in the statement that waited comes from its snapshot,
+    taken before the wait), so it gets nothing."""
+    agent = make_agent(max_concurrent_jobs=1)
+    first, _second = make_command(), make_command()
+    first_holds, release = threading.Event(), threading.Event()
+
+    def first_claim() -> None:
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SELECT id FROM agents_agent WHERE id = %s FOR UPDATE", [agent.pk])
+                Command.objects.filter(pk=first.pk).update(
+                    agent=agent, status=CommandStatus.ACKNOWLEDGED, dispatch_attempts=1
+                )
+                first_holds.set()
+                assert release.wait(30)
+        finally:
+            connection.close()
+
+    claimed: list[Any] = []
+
+    def second_claim() -> None:
+        try:
+            claimed.append(command_claim(agent.pk))
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=first_claim)
+    holder.start()
+    assert first_holds.wait(30)
+    waiter = threading.Thread(target=second_claim)
+    waiter.start()
+    deadline = time.monotonic() + 30
+    with connection.cursor() as cursor:  # until the second claim waits on the agent row's lock
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock'"
+            )
+            if cursor.fetchone()[0]:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the second claim never waited on the agent's lock")
+    release.set()
+    holder.join(30)
+    waiter.join(30)
+    assert claimed == [None]
+    assert list(Command.objects.filter(agent=agent).values_list("pk", flat=True)) == [first.pk]
