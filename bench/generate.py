@@ -199,15 +199,18 @@ def _commands(cursor: Any, sizes: Sizes) -> None:
 
 
 def _tokens(cursor: Any, sizes: Sizes) -> None:
-    # Tokens: a quarter each active-valid, active-but-expired, exhausted-long-ago, revoked-long-ago.
+    # Tokens: a quarter each active-valid, active-but-expired, exhausted-long-ago, revoked-long-ago;
+    # 1 in 10 of the active-valid ones has used up its uses, scattered by expiry among the
+    # others, so token-cleanup's `exhausted` step has work for its sparse walk.
     cursor.execute(
         """
         INSERT INTO tokens_bootstraptoken (token_hash, token_prefix, description, status, expires_at,
             max_uses, current_uses, created_by_id, created_at, revoked_at, status_changed_at)
         SELECT md5('t' || g) || md5('u' || g), substr(md5('t' || g), 1, 8), 'bench',
                (ARRAY['active','active','exhausted','revoked'])[1 + g %% 4],
-               CASE WHEN g %% 4 = 1 THEN now() - interval '1 hour' ELSE now() + interval '1 day' END,
-               5, CASE WHEN g %% 4 = 2 THEN 5 ELSE 0 END, NULL, now() - interval '90 days',
+               CASE WHEN g %% 4 = 1 THEN now() - interval '1 hour'
+                    ELSE now() + interval '1 day' + g * interval '1 second' END,
+               5, CASE WHEN g %% 4 = 2 OR g %% 40 = 0 THEN 5 ELSE 0 END, NULL, now() - interval '90 days',
                CASE WHEN g %% 4 = 3 THEN now() - interval '60 days' END,
                now() - interval '60 days'
         FROM generate_series(1, %(tokens)s) g
