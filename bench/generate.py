@@ -101,7 +101,15 @@ def generate(sizes: Sizes, groups: tuple[str, ...] = ("agents", "commands", "tok
             _tokens(cursor, sizes)
         if "audit" in groups:
             _audit(cursor, sizes)
-        for table in ("agents_agent", "commands_command", "agents_agentlease", "tokens_bootstraptoken"):
+        # Rows were inserted with explicit ids: move each sequence past them, so that what
+        # runs next on this database (the heartbeat benchmark's tenant and fleet) can insert.
+        for table in (
+            "tenants_tenant",
+            "agents_agent",
+            "commands_command",
+            "agents_agentlease",
+            "tokens_bootstraptoken",
+        ):
             last_id = f"coalesce((SELECT max(id) FROM {table}), 1)"
             cursor.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), {last_id})")
         cursor.execute("VACUUM ANALYZE" if connection.get_autocommit() else "ANALYZE")
@@ -156,7 +164,9 @@ def _commands(cursor: Any, sizes: Sizes) -> None:
     # queued over the last 50 minutes in id order, as a real queue fills (inside
     # max_queue_minutes, so queue-priority has work and job-recovery's expiry has little);
     # then 15% running with fresh progress, 5% stuck (running, no progress for 2 hours,
-    # attempts 0..4 against max_retries 3), the rest completed history.
+    # attempts 0..4 against max_retries 3), the rest completed history. 1 in 100 of them
+    # runs with fresh progress on an offline agent (ids that are multiples of 50), scattered
+    # among the healthy ones: job-recovery's holder-offline step.
     cursor.execute(
         """
         INSERT INTO commands_command (id, tenant_id, is_platform_job, kind, payload, status,
@@ -170,6 +180,7 @@ def _commands(cursor: Any, sizes: Sizes) -> None:
                     ELSE 'completed' END,
                NULL,
                CASE WHEN g <= %(pending)s THEN NULL
+                    WHEN g %% 100 = 1 THEN 50 * (1 + g %% (%(agents)s / 50 - 1))
                     WHEN g %% 20 IN (0, 1, 2, 3) THEN 2 * (1 + g %% (%(agents)s / 2 - 1))
                     ELSE NULL END,
                0,

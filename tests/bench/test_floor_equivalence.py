@@ -33,3 +33,15 @@ def test_controller_changes_what_the_floor_changes(controller: str, redis_client
 
     assert dict(summary.steps) == floor_steps
     assert summary.items > 0  # the data set gives every controller work
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_rows_created_after_the_generator_get_new_ids() -> None:
+    """The generator inserts explicit ids; what runs next on the database (the heartbeat
+    benchmark after `make bench`) must still be able to insert tenants, agents and tokens."""
+    from controlplane.tenants.models import Tenant
+
+    generate(TINY, ("agents", "commands", "tokens"))
+    tenant = Tenant.objects.create(name="after-generate")
+    assert tenant.pk > 1
