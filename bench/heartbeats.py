@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.report import section_write
+
 ROOT = Path(__file__).resolve().parent.parent
 HEARTBEAT_PATH = "/api/v1/agents/heartbeat"
 PORTS = {"project": 17221, "floor": 17222}  # loopback ports of the two servers
@@ -348,16 +350,6 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-def report_write(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else ""
-    start, end = HEARTBEAT_MARKERS
-    if start in text and end in text:
-        text = text[: text.index(start)] + section + text[text.index(end) + len(end) + 1 :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -410,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(section)
     if args.out:
-        report_write(args.out, section)
+        section_write(args.out, section, HEARTBEAT_MARKERS)
     return 0
 
 

@@ -216,7 +216,7 @@ def _kept_notes(path: Path) -> str:
 def measure_walks(controller: str, *, scale: float, trials: int) -> Any:
     """Both batch walks and the floor on fresh data, alternating, `trials` times (bench/walks.py)."""
     from bench.floors import FLOORS
-    from bench.walks import WALKS, WalkFigures
+    from bench.walks import SCATTERED_STEP, WALKS, WalkFigures
     from controlplane.common.db import db_now
 
     figures = WalkFigures(controller)
@@ -227,6 +227,7 @@ def measure_walks(controller: str, *, scale: float, trials: int) -> Any:
             result = _trial(controller, walk)
             figures.seconds[walk].append(result["wall_s"])
             figures.rows[walk] = result["items"]
+            figures.scattered[walk] = result["steps"].get(SCATTERED_STEP[controller], 0)
         _fresh(controller, scale)
         started = time.perf_counter()
         FLOORS[controller](db_now())
@@ -263,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     call_command("migrate", verbosity=0)
 
     if args.walks:
-        from bench.walks import WALK_CONTROLLERS, render_walks
+        from bench.report import section_write
+        from bench.walks import WALK_CONTROLLERS, WALK_MARKERS, render_walks
 
         walks = [
             measure_walks(c, scale=args.scale, trials=args.trials)
@@ -272,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         walk_report = render_walks(walks, scale=args.scale, trials=args.trials)
         print(walk_report)
-        if args.out:
-            args.out.write_text(walk_report)
+        if args.out:  # its own section: the controller figures and the analysis stay
+            section_write(args.out, walk_report, WALK_MARKERS)
         return 1 if any(w.verdict() != "ok" for w in walks) else 0
 
     figures = []

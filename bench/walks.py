@@ -24,7 +24,15 @@ from itertools import islice
 from typing import Any
 
 WALKS = ("keyset", "streamed")
-WALK_CONTROLLERS = ("agent-health", "job-recovery", "token-cleanup")
+# Each controller's step whose candidates are scattered: the one the walk change is about.
+SCATTERED_STEP = {
+    "agent-health": "lease_offline",
+    "job-recovery": "recovered_holder_offline",
+    "token-cleanup": "exhausted",
+}
+WALK_CONTROLLERS = tuple(SCATTERED_STEP)
+# The report section goes between these in --out (added at the end if absent).
+WALK_MARKERS = ("<!-- batch-walks: start -->", "<!-- batch-walks: end -->")
 
 
 def streamed_pages(head: Any, key: str, picked_field: str, size: int) -> Iterator[list[Any]]:
@@ -48,6 +56,7 @@ def use_walk(walk: str) -> None:
 class WalkFigures:
     controller: str
     rows: dict[str, int] = field(default_factory=dict)
+    scattered: dict[str, int] = field(default_factory=dict)  # the scattered step's rows, per walk
     seconds: dict[str, list[float]] = field(default_factory=lambda: {walk: [] for walk in WALKS})
     floor_s: list[float] = field(default_factory=list)
 
@@ -75,20 +84,24 @@ class WalkFigures:
 
 def render_walks(figures: list[WalkFigures], *, scale: float, trials: int) -> str:
     lines = [
-        "## Batch walk: keyset pages (now) against the streamed cursor (before)",
+        WALK_MARKERS[0],
+        "### Last run: keyset pages (now) against the streamed cursor (before)",
         "",
         f"Scale {scale:g}, median of {trials} fresh loads per walk, alternating; "
         "spread = (max - min) / median.",
         "",
-        "| controller | rows | keyset s | spread | streamed s | spread | floor s | keyset ratio "
-        "| streamed ratio | verdict |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| controller | rows | of which scattered | keyset s | spread | streamed s | spread | floor s "
+        "| keyset ratio | streamed ratio | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for f in figures:
+        step = SCATTERED_STEP[f.controller]
         lines.append(
-            f"| {f.controller} | {f.rows.get('keyset', 0):,} | {f.median('keyset'):.3f} "
+            f"| {f.controller} | {f.rows.get('keyset', 0):,} | {f.scattered.get('keyset', 0):,} ({step}) "
+            f"| {f.median('keyset'):.3f} "
             f"| {f.spread('keyset'):.0%} | {f.median('streamed'):.3f} | {f.spread('streamed'):.0%} "
             f"| {statistics.median(f.floor_s):.3f} | {f.ratio('keyset'):.2f} | {f.ratio('streamed'):.2f} "
             f"| {f.verdict()} |"
         )
+    lines.append(WALK_MARKERS[1])
     return "\n".join(lines) + "\n"
