@@ -65,22 +65,28 @@ DOC_BEGIN = "<!-- soak:begin (written by make soak) -->"
 DOC_END = "<!-- soak:end -->"
 PLOT_NAME = "soak-rss.svg"
 TITLE = "RSS change per process after the warm-up (MB), by minute of the soak"
-# The worker main under tracemalloc, from the end of the warm-up on: tracing the start-up
-# (every import) is slow and is not the growth looked for.
+# The worker main and each prefork child under tracemalloc, from the end of the warm-up on
+# (tracing the start-up, every import, is slow and is not the growth looked for). Each
+# process dumps its snapshots into its own folder: main/ and child-<pid>/.
 TRACEMALLOC_WRAPPER = """
 import os, sys, threading, time, tracemalloc
-main_pid = os.getpid()
 out = os.environ["SOAK_TRACEMALLOC_DIR"]
 every = float(os.environ["SOAK_TRACEMALLOC_EVERY"])
-def dump():
+def dump(folder):
+    pid = os.getpid()
+    os.makedirs(folder, exist_ok=True)
     time.sleep(float(os.environ["SOAK_TRACEMALLOC_AFTER"]))
     tracemalloc.start(int(os.environ.get("SOAK_TRACEMALLOC_FRAMES", "6")))
     n = 0
-    while os.getpid() == main_pid:
-        tracemalloc.take_snapshot().dump(os.path.join(out, f"snap-{n:04d}.tracemalloc"))
+    while os.getpid() == pid:
+        tracemalloc.take_snapshot().dump(os.path.join(folder, f"snap-{n:04d}.tracemalloc"))
         n += 1
         time.sleep(every)
-threading.Thread(target=dump, daemon=True).start()
+from celery.signals import worker_process_init
+@worker_process_init.connect
+def trace_child(**_):
+    threading.Thread(target=dump, args=(os.path.join(out, f"child-{os.getpid()}"),), daemon=True).start()
+threading.Thread(target=dump, args=(os.path.join(out, "main"),), daemon=True).start()
 from celery.__main__ import main
 sys.argv[0] = "celery"
 main()
@@ -398,23 +404,27 @@ def run_health(since: datetime, until: datetime, db_url: str) -> dict[str, Any]:
     return {"runs": by, "due_fraction": due_fraction, "errors": errors}
 
 
-def tracemalloc_report(snap_dir: Path, top: int = 15) -> str:
-    """What the worker main allocated and still held between the first snapshot (end of
-    the warm-up) and the last, by line and by call stack."""
+def tracemalloc_report(trace_dir: Path, top: int = 15) -> str:
+    """What each traced worker process (main/, child-<pid>/) allocated and still held between
+    its first snapshot (end of the warm-up) and its last, by line and by call stack."""
+    folders = sorted(p for p in trace_dir.iterdir() if p.is_dir()) if trace_dir.is_dir() else []
+    return "\n\n".join(_tracemalloc_diff(folder, top) for folder in folders) or "tracemalloc: no snapshots"
+
+
+def _tracemalloc_diff(snap_dir: Path, top: int) -> str:
     import tracemalloc
 
     snaps = sorted(snap_dir.glob("snap-*.tracemalloc"))
     if len(snaps) < 2:
-        return "tracemalloc: fewer than two snapshots"
-    first_index = 0
-    first = tracemalloc.Snapshot.load(str(snaps[first_index]))
+        return f"tracemalloc, worker {snap_dir.name}: fewer than two snapshots"
+    first = tracemalloc.Snapshot.load(str(snaps[0]))
     last = tracemalloc.Snapshot.load(str(snaps[-1]))
     ignore = [
         tracemalloc.Filter(False, tracemalloc.__file__),
         tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
     ]
     first, last = first.filter_traces(ignore), last.filter_traces(ignore)
-    lines = [f"tracemalloc, worker main, {snaps[first_index].name} -> {snaps[-1].name}:"]
+    lines = [f"tracemalloc, worker {snap_dir.name}, {snaps[0].name} -> {snaps[-1].name}:"]
     for kind in ("lineno", "traceback"):
         stats = last.compare_to(first, kind)
         lines.append(f"-- by {kind}, total diff {sum(s.size_diff for s in stats) / 1024:.1f} KiB")
@@ -530,7 +540,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--tracemalloc",
         action="store_true",
-        help="trace the worker main's allocations (a probe: inflates its RSS)",
+        help="trace the allocations of the worker main and its children (a probe: inflates their RSS)",
     )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)

@@ -81,3 +81,36 @@ def test_doc_section_is_replaced_in_place(tmp_path: Path) -> None:
     assert text.count("soak:begin") == 1
     svg_plot(samples(), WARMUP, tmp_path / "rss.svg")
     assert (tmp_path / "rss.svg").read_text().count("<polyline") == 3
+
+
+def test_tracemalloc_report_names_what_each_traced_process_kept(tmp_path: Path) -> None:
+    """One section per traced process folder, each naming the allocation that grew between its
+    first and last snapshot."""
+    import tracemalloc
+
+    from stress.soak import tracemalloc_report
+
+    kept: list[bytes] = []
+    tracemalloc.start(4)
+    try:
+        for process in ("main", "child-101"):
+            folder = tmp_path / process
+            folder.mkdir()
+            tracemalloc.take_snapshot().dump(str(folder / "snap-0000.tracemalloc"))
+            kept.extend(bytes(1000) + bytes([i % 256]) for i in range(300))  # ~300 KB held
+            tracemalloc.take_snapshot().dump(str(folder / "snap-0001.tracemalloc"))
+    finally:
+        tracemalloc.stop()
+    (tmp_path / "child-102").mkdir()  # a child that died before its second snapshot
+
+    report = tracemalloc_report(tmp_path)
+    sections = report.split("\n\n")
+    assert [s.splitlines()[0].split(",")[1].strip() for s in sections] == [
+        "worker child-101",
+        "worker child-102: fewer than two snapshots",
+        "worker main",
+    ]
+    for section in (sections[0], sections[2]):
+        growth = float(section.splitlines()[2].split()[0])  # the top line's KiB
+        assert growth >= 250, section
+        assert "test_soak.py" in section
