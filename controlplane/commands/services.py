@@ -204,8 +204,7 @@ class ClaimedCommand:
 # Written out rather than built by the ORM: claims are every agent's poll loop, and
 # compiling the queryset cost more than running it.
 _CLAIMING_AGENT = """
-    SELECT a.tenant_id, a.is_platform_agent, a.health, a.max_concurrent_jobs,
-           (SELECT count(*) FROM {commands} c WHERE c.agent_id = a.id AND c.status IN (%s, %s))
+    SELECT a.tenant_id, a.is_platform_agent, a.health, a.max_concurrent_jobs
       FROM {agents} a
      WHERE a.id = %s AND a.status = %s
        {lock}
@@ -218,11 +217,11 @@ _CLAIM_SET = """
        AND status = 'pending' AND agent_id IS NULL
  RETURNING id, dispatch_attempts, kind, payload
 """
-# The agent's room, checked again in the claiming statement itself: the held-jobs count read
-# with the agent's lock comes from that statement's snapshot, taken before it waited for the
-# lock, so it misses a job that a concurrent claim of the same agent committed meanwhile. This
-# later statement's snapshot includes it. Uncorrelated, so PostgreSQL tests it once, before
-# scanning (and locking) any candidate.
+# The agent's room, counted in the claiming statement itself: a count read with the agent's
+# lock would come from that statement's snapshot, taken before it waited for the lock, and
+# miss a job that a concurrent claim of the same agent committed meanwhile. This later
+# statement's snapshot includes it. Uncorrelated, so PostgreSQL tests it once, before
+# scanning (and locking) any candidate; an agent at its limit gets no row.
 _ROOM = """
     (SELECT count(*) FROM {table} held WHERE held.agent_id = %s AND held.status IN ({active})) < %s
 """
@@ -260,28 +259,26 @@ def command_claim(agent_id: int) -> ClaimedCommand | None:
     wait on or double-claim a row. On SQLite the single UPDATE ... WHERE id = (SELECT ...)
     is atomic by itself (the database has one writer), which is what serialises claims.
 
-    On PostgreSQL a claim is four round trips: BEGIN, the agent row with its held-jobs
-    count, the UPDATE ... RETURNING the job (which counts the held jobs again, see _ROOM),
-    COMMIT. Claims are the hot path of every agent's poll loop, so nothing else is read.
+    On PostgreSQL a claim is four round trips: BEGIN, the locked agent row, the UPDATE ...
+    RETURNING the job (which also counts the agent's held jobs, see _ROOM), COMMIT. Claims
+    are the hot path of every agent's poll loop, so nothing else is read.
     """
     with transaction.atomic():
-        # Locking the agent row serialises one agent's concurrent claims. The held-jobs
-        # count read with it is an early way out only: the claiming UPDATE checks the room
-        # again (_ROOM), after the lock, so no race takes an agent past max_concurrent_jobs.
+        # Locking the agent row serialises one agent's concurrent claims; the claiming
+        # UPDATE counts its held jobs after the lock (_ROOM), so no race takes an agent
+        # past max_concurrent_jobs.
         with connection.cursor() as cursor:
             cursor.execute(
                 _CLAIMING_AGENT.format(
-                    agents=Agent._meta.db_table,
-                    commands=Command._meta.db_table,
-                    lock="FOR UPDATE OF a" if is_postgresql() else "",
+                    agents=Agent._meta.db_table, lock="FOR UPDATE OF a" if is_postgresql() else ""
                 ),
-                [*ACTIVE_STATUSES, agent_id, AgentStatus.ACTIVE],
+                [agent_id, AgentStatus.ACTIVE],
             )
             found = cursor.fetchone()
         if found is None:
             raise AgentNotActiveError(agent_id)
-        tenant_id, is_platform_agent, health, max_concurrent_jobs, held = found
-        if health != AgentHealth.ONLINE or held >= max_concurrent_jobs:
+        tenant_id, is_platform_agent, health, max_concurrent_jobs = found
+        if health != AgentHealth.ONLINE:
             return None
         if is_postgresql():
             # statement_timestamp() is one instant for the whole UPDATE: the expiry test

@@ -87,7 +87,7 @@ def test_claim_and_report_statements_on_a_cold_auth_cache(
     keyed = make_keyed_agent()
     make_command()
     status, claim = _statements(client, CLAIM, keyed)
-    # The key, the locked agent row with its held-jobs count, the claiming UPDATE (in a
+    # The key, the locked agent row, the claiming UPDATE with the held-jobs count (in a
     # transaction: the lock must outlive the count until the UPDATE commits).
     assert (status, len(claim)) == (200, 3), claim
     auth_cache_clear()
