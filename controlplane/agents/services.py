@@ -19,7 +19,7 @@ from controlplane.agents.models import (
 )
 from controlplane.agents.signals import agent_revoked
 from controlplane.audit.services import audit_record
-from controlplane.common.db import db_now
+from controlplane.common.db import db_now, prepared_cursor
 from controlplane.common.errors import InvalidTransition
 from controlplane.common.secrets import issue_secret
 from controlplane.common.versioned import lost_race, row_lock, version_check, versioned_edit, versioned_update
@@ -84,7 +84,7 @@ def agent_heartbeat(agent_id: int, *, holder_identity: str = "") -> HeartbeatRes
                 source="SELECT id, %s, last_seen_at, %s, 1 FROM beat WHERE is_platform_agent",
             ),
         )
-        with connection.cursor() as cursor:
+        with prepared_cursor() as cursor:
             cursor.execute(
                 sql,
                 [AgentHealth.ONLINE, agent_id, AgentStatus.ACTIVE, holder, LEASE_DURATION_DEFAULT_SECONDS],

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import time
 
-from django.db import connection
 from django.http import HttpRequest
 from ninja.security import HttpBearer
 
 from controlplane.agents.models import Agent, AgentStatus
+from controlplane.common.db import prepared_cursor
 from controlplane.common.secrets import MAX_SECRET_LENGTH, hash_secret, prefix_of, secret_matches
 
 AUTH_CACHE_SECONDS = 5.0  # a key check is reused this long by one process (see above)
@@ -53,7 +53,7 @@ def agent_authenticate(raw_key: str) -> Agent | None:
     prefix = prefix_of(raw_key)
     if prefix is None:
         return None
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(_KEY_CANDIDATES.format(agents=Agent._meta.db_table), [prefix, AgentStatus.ACTIVE])
         rows = cursor.fetchall()
     # Prefixes are short, so several agents may share one: every candidate is compared.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -77,6 +78,37 @@ def test_heartbeat_statements_on_a_cold_auth_cache(
         assert (lease.version, lease.renew_time) == (2, keyed.agent.last_seen_at)
     else:
         assert not AgentLease.objects.exists()
+
+
+def _prepared_statements() -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements WHERE NOT from_sql")
+        return [row[0] for row in cursor.fetchall()]
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)  # so the test may open a fresh connection
+@pytest.mark.parametrize("pool", ["none", "pgbouncer"])
+def test_the_key_lookup_and_the_heartbeat_are_prepared_statements_on_a_direct_connection(
+    client: Client, make_keyed_agent: Callable[..., KeyedAgent], settings: Any, pool: str
+) -> None:
+    settings.DATABASE_POOL = pool
+    connection.close()  # a fresh connection: nothing prepared on it yet
+    keyed = make_keyed_agent()
+    for _ in range(3):
+        auth_cache_clear()
+        _status, sql = _statements(client, HEARTBEAT, keyed)
+        assert len(sql) == 2, sql
+        assert all(sql), sql  # the query log still shows each statement's text
+    prepared = _prepared_statements()
+    if pool == "pgbouncer":
+        # Transaction pooling may run the next statement on another server connection.
+        assert prepared == []
+    else:
+        # Parsed and planned once per connection, however many heartbeats follow.
+        assert len(prepared) == 2, prepared
+        assert any("api_key_prefix" in text for text in prepared), prepared
+        assert any("WITH beat AS" in text for text in prepared), prepared
 
 
 @pytest.mark.postgres_only
