@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from typing import Any
 from unittest import mock
@@ -14,6 +15,7 @@ from django.core.cache import cache
 from django.core.management import call_command
 from django.test import Client
 
+from controlplane.agents.services import agent_create
 from controlplane.api import throttle
 from controlplane.common.client import client_address
 
@@ -118,6 +120,103 @@ def test_repeated_401s_lock_the_address_out_of_the_api(limits: Any) -> None:
     refused = client.post("/api/v1/jobs/claim", **bad)
     assert refused.status_code == 429
     assert "Retry-After" in refused
+
+
+REFRESH_SECONDS = 0.3
+
+
+@pytest.fixture
+def quick_refresh(limits: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Copies of the blocked set that go stale after REFRESH_SECONDS, so a test can wait that out."""
+    monkeypatch.setattr(throttle, "BLOCKED_REFRESH_SECONDS", REFRESH_SECONDS)
+    return limits
+
+
+@pytest.mark.django_db
+def test_an_address_another_process_blocked_is_refused_here_within_the_refresh_period(
+    quick_refresh: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    quick_refresh.API_UNAUTHORIZED_BURST = 3
+    client = Client()
+    address = fresh_address()
+    bad = {"HTTP_AUTHORIZATION": "Bearer cpk_guess", "REMOTE_ADDR": address}
+    assert client.post("/api/v1/agents/heartbeat", **bad).status_code == 401  # this process's copy is read
+    # Another worker counts the address's next 401s, up to the burst.
+    with monkeypatch.context() as other_worker:
+        other_worker.setattr(throttle, "_blocked", throttle._BlockedCopy())
+        throttle.throttle_fail(throttle.unauthorized_limit(), address)
+        throttle.throttle_fail(throttle.unauthorized_limit(), address)
+    # This process may still hold its copy from before: at most one more 401 here, which is
+    # counted, finds the count at the burst and refuses the next request at once.
+    statuses = [client.post("/api/v1/agents/heartbeat", **bad).status_code for _ in range(2)]
+    assert statuses in ([401, 429], [429, 429]), statuses
+
+
+@pytest.mark.django_db
+def test_a_refused_address_is_seen_by_a_process_that_only_reads_after_the_refresh_period(
+    quick_refresh: Any,
+) -> None:
+    quick_refresh.API_UNAUTHORIZED_BURST = 2
+    address = fresh_address()
+    reader = throttle._BlockedCopy()
+    limit = throttle.unauthorized_limit()
+    assert address not in reader.addresses(limit, time.time())
+    for _ in range(2):
+        throttle.throttle_fail(limit, address)  # another process's copy (the module's)
+    assert address not in reader.addresses(limit, time.time())  # stale, within the period
+    time.sleep(REFRESH_SECONDS + 0.05)
+    assert address in reader.addresses(limit, time.time())
+
+
+@pytest.mark.django_db
+def test_agent_requests_read_the_blocked_addresses_once_a_second_not_once_a_request(
+    limits: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = agent_create(name="steady", tenant=None, actor="user:test")
+    monkeypatch.setattr(throttle, "_blocked", throttle._BlockedCopy())
+    reads = {"smembers": 0, "get": 0}
+    smembers, get = redis.Redis.smembers, cache.get
+
+    def counting_smembers(self: Any, *args: Any) -> Any:
+        reads["smembers"] += 1
+        return smembers(self, *args)
+
+    def counting_get(*args: Any, **kwargs: Any) -> Any:
+        reads["get"] += 1
+        return get(*args, **kwargs)
+
+    monkeypatch.setattr(redis.Redis, "smembers", counting_smembers)
+    monkeypatch.setattr(cache, "get", counting_get)
+    client = Client()
+    started = time.monotonic()
+    statuses = [
+        client.post(
+            "/api/v1/agents/heartbeat", HTTP_AUTHORIZATION=f"Bearer {created.api_key}", REMOTE_ADDR="10.9.9.9"
+        ).status_code
+        for _ in range(20)
+    ]
+    elapsed = time.monotonic() - started
+    assert statuses == [200] * 20
+    assert reads["get"] == 0
+    assert 1 <= reads["smembers"] <= 1 + int(elapsed / throttle.BLOCKED_REFRESH_SECONDS)
+
+
+@pytest.mark.django_db
+def test_a_redis_outage_costs_one_blocked_set_read_a_second(
+    limits: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"smembers": 0}
+
+    def down(self: Any, *args: Any) -> Any:
+        calls["smembers"] += 1
+        raise redis.ConnectionError("injected: redis unreachable")
+
+    monkeypatch.setattr(throttle, "_blocked", throttle._BlockedCopy())
+    monkeypatch.setattr(redis.Redis, "smembers", down)
+    address = fresh_address()
+    for _ in range(10):
+        assert throttle.throttle_refused(throttle.unauthorized_limit(), address) is None  # fails open
+    assert calls["smembers"] == 1
 
 
 @pytest.mark.django_db(transaction=True)
