@@ -5,6 +5,9 @@
   SIGTERM/SIGINT handler with one that does no database work (see beat_stop_handler).
 - celeryd_init (the worker's main process, before it forks): reset the per-host
   multiprocess metrics directory and serve the aggregate on settings.WORKER_METRICS_PORT.
+- worker_process_init, task_postrun: a prefork child moves what it inherited out of the
+  garbage collector's way (gc.freeze) and runs a full collection after a task once a minute,
+  so the garbage its tasks leave in reference cycles does not pile up.
 - worker_process_shutdown: mark a prefork child dead so its live gauges drop out.
 - before_task_publish: put each reconcile's soft/hard time limits from its config on the
   message (per call, so a config change applies to the next message without a restart).
@@ -12,16 +15,25 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Any
 
 from celery import beat, platforms
-from celery.signals import beat_init, before_task_publish, celeryd_init, worker_process_shutdown
+from celery.signals import (
+    beat_init,
+    before_task_publish,
+    celeryd_init,
+    task_postrun,
+    worker_process_init,
+    worker_process_shutdown,
+)
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection
 from prometheus_client import start_http_server
@@ -41,6 +53,8 @@ from reconcilers.selectors import config_of, config_samples
 log = logging.getLogger(__name__)
 
 HARD_TIME_LIMIT_MARGIN_SECONDS = 30  # soft limit raises in the task; the hard kill comes this much later
+CHILD_FULL_COLLECTION_SECONDS = 60.0  # a prefork child's full garbage collections, at most this often
+_child_collected_at: float | None = None  # set in a prefork child: its last full collection
 
 
 def on_post_migrate(sender: Any, using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -> None:
@@ -103,6 +117,40 @@ def on_worker_main_init(sender: Any = None, **kwargs: Any) -> None:
     port = settings.WORKER_METRICS_PORT
     if port:
         _serve_worker_metrics(settings.WORKER_METRICS_HOST, port)
+
+
+@worker_process_init.connect
+def on_worker_child_start(**kwargs: Any) -> None:
+    """Freeze the objects a prefork child inherited from the worker's main process, and from
+    now on collect its garbage fully after a task once every CHILD_FULL_COLLECTION_SECONDS.
+
+    A task leaves some garbage in reference cycles (a compiled query, a caught exception's
+    traceback and its frames, with the SQL text and parameters they hold), and it lives
+    through enough young collections to reach the oldest generation before it becomes
+    garbage. CPython collects that generation only once the objects promoted to it since
+    the last time reach a quarter of those already there, and a child starts with about
+    150,000 (every imported module, Django's app registry). Measured in a soak's children:
+    no full collection in 11 minutes, the allocated blocks grew by about 1,000 a minute and
+    RSS by 2-3.5 MB/h, and one gc.collect() freed about 100 objects holding 15,000 blocks;
+    with one full collection a minute the children stayed flat. Frozen (gc.freeze), the
+    inherited objects are left out of every collection, so a full collection walks only
+    what the child made since: 28 ms before freezing, under 0.1 ms after (measured in a
+    process with the worker's imports).
+    """
+    global _child_collected_at
+    gc.freeze()
+    _child_collected_at = time.monotonic()
+
+
+@task_postrun.connect
+def on_task_done_in_child(**kwargs: Any) -> None:
+    global _child_collected_at
+    if _child_collected_at is None:  # not a prefork child (solo pool, eager tasks, tests)
+        return
+    now = time.monotonic()
+    if now - _child_collected_at >= CHILD_FULL_COLLECTION_SECONDS:
+        gc.collect()
+        _child_collected_at = now
 
 
 @worker_process_shutdown.connect
