@@ -13,6 +13,7 @@ import pytest
 import redis
 from django.conf import settings
 from django.db import connection
+from django.test import override_settings
 
 from controlplane.agents.models import Agent, AgentHealth
 from controlplane.commands.models import Command
@@ -87,8 +88,10 @@ def pgbouncer(django_db_setup: Any) -> Iterator[PgBouncer]:
 def through_pgbouncer(request: pytest.FixtureRequest) -> Iterator[PgBouncer | None]:
     """Route the module's database connections (every thread's) through `pgbouncer`; on SQLite,
     nothing. Module-scoped, so the switch happens before any test opens its transaction.
-    DISABLE_SERVER_SIDE_CURSORS stays as configured (off), so a walk that needed a cursor
-    across commits fails here as it did in production."""
+    DATABASE_POOL is "pgbouncer", as a deployment behind PgBouncer must declare (so no
+    statement is prepared and the runs' timeouts are SET LOCAL), but DISABLE_SERVER_SIDE_CURSORS
+    stays as configured (off), so a walk that needed a cursor across commits fails here as it
+    did in production."""
     if connection.vendor != "postgresql":
         yield None
         return
@@ -98,7 +101,8 @@ def through_pgbouncer(request: pytest.FixtureRequest) -> Iterator[PgBouncer | No
     connection.close()
     db["HOST"], db["PORT"] = bouncer.host, str(bouncer.port)
     try:
-        yield bouncer
+        with override_settings(DATABASE_POOL="pgbouncer"):
+            yield bouncer
     finally:
         connection.close()
         db["HOST"], db["PORT"] = direct
