@@ -125,29 +125,38 @@ def test_tune_a_controller_dry_run_it_and_see_the_run(
 def _login(browser: Any, url: str, username: str, password: str) -> bool:
     """Submit the login form and wait for the answer; False when the login page itself was
     refused (a locked-out address gets the lockout page instead of the form)."""
-    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(f"{url}/admin/login/")
     if not browser.find_elements(By.NAME, "username"):
         return False
     browser.find_element(By.NAME, "username").send_keys(username)
     browser.find_element(By.NAME, "password").send_keys(password)
-    # The answer is a new document: mark the old one and wait until the loaded page lacks the
-    # mark. Element staleness is not usable here: mid-navigation Chromium may answer a question
-    # about the old form with an inspector error ("Node with given id does not belong to the
-    # document") instead of "stale element", and a script run mid-navigation may fail the same
-    # way, so such errors only mean "ask again".
-    browser.execute_script("document.documentElement.dataset.loginSubmitted = 'yes'")
-    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    submit_and_wait(browser, browser.find_element(By.CSS_SELECTOR, "input[type=submit]"))
+    return True
+
+
+def submit_and_wait(browser: Any, button: Any) -> None:
+    """Click a button that submits a form and wait until the answer's document has loaded.
+
+    The answer is a new document: mark the old one and wait until the loaded page lacks the
+    mark (a click returns before the navigation, and a `get` issued meanwhile races it).
+    Element staleness is not usable here: mid-navigation Chromium may answer a question about
+    the old form with an inspector error ("Node with given id does not belong to the
+    document") instead of "stale element", and a script run mid-navigation may fail the same
+    way, so such errors only mean "ask again".
+    """
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.execute_script("document.documentElement.dataset.submitted = 'yes'")
+    button.click()
     WebDriverWait(browser, WAIT_SECONDS, ignored_exceptions=(WebDriverException,)).until(
         lambda driver: driver.execute_script(
             "return document.readyState === 'complete'"
-            " && document.documentElement.dataset.loginSubmitted === undefined"
+            " && document.documentElement.dataset.submitted === undefined"
         )
     )
-    return True
 
 
 def test_least_privilege_lockout_and_secrets_in_the_browser(

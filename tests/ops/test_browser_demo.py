@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.ops.test_browser import CHROMEDRIVER, CHROMIUM, browser  # noqa: F401 (fixture)
+from tests.ops.test_browser import CHROMEDRIVER, CHROMIUM, browser, submit_and_wait  # noqa: F401 (fixture)
 from tests.ops.test_demo import ROOT, _free_port, _group_alive, _status
 
 pytestmark = [
@@ -141,7 +141,7 @@ def test_operator_acceptance_on_make_run(browser: Any, demo: dict[str, Any]) -> 
     browser.get(f"{web}/admin/login/")
     browser.find_element(By.NAME, "username").send_keys("admin")
     browser.find_element(By.NAME, "password").send_keys(password_file.read_text().strip())
-    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    submit_and_wait(browser, browser.find_element(By.CSS_SELECTOR, "input[type=submit]"))
     _until("login", lambda: browser.find_elements(By.ID, "reconcilers-dashboard-link"), 20, log)
 
     # 1. Every controller ok within 60 s of start, each after a success of its own.
@@ -167,13 +167,13 @@ def test_operator_acceptance_on_make_run(browser: Any, demo: dict[str, Any]) -> 
     browser.get(f"{web}/admin/reconcilers/globalpause/")
     browser.find_element(By.CSS_SELECTOR, "input.action-select").click()
     Select(browser.find_element(By.NAME, "action")).select_by_value("pause")
-    browser.find_element(By.NAME, "index").click()
+    submit_and_wait(browser, browser.find_element(By.NAME, "index"))
     browser.get(dashboard)
     assert _states(browser) == dict.fromkeys(CONTROLLERS, "paused")
     browser.get(f"{web}/admin/reconcilers/globalpause/")
     browser.find_element(By.CSS_SELECTOR, "input.action-select").click()
     Select(browser.find_element(By.NAME, "action")).select_by_value("resume")
-    browser.find_element(By.NAME, "index").click()
+    submit_and_wait(browser, browser.find_element(By.NAME, "index"))
 
     # 3. A row broken by hand shows invalid config (and nothing else changes).
     (stored,) = _sql(database, "SELECT params FROM reconcilers_reconcilerconfig WHERE name='token-cleanup'")[
@@ -204,7 +204,7 @@ def test_operator_acceptance_on_make_run(browser: Any, demo: dict[str, Any]) -> 
     row.find_element(By.CSS_SELECTOR, "input.action-select").click()
     Select(browser.find_element(By.NAME, "action")).select_by_value("run_now")
     clicked = time.monotonic()
-    browser.find_element(By.NAME, "index").click()
+    submit_and_wait(browser, browser.find_element(By.NAME, "index"))
     message = browser.find_element(By.CSS_SELECTOR, "ul.messagelist li").text
     answered = time.monotonic() - clicked
     assert "sent to a worker as task" in message, message
@@ -235,7 +235,7 @@ def test_operator_acceptance_on_make_run(browser: Any, demo: dict[str, Any]) -> 
     timeout.clear()
     timeout.send_keys("60")
     saved_at = datetime.now(UTC)
-    browser.find_element(By.NAME, "_save").click()
+    submit_and_wait(browser, browser.find_element(By.NAME, "_save"))
     assert browser.find_elements(By.CSS_SELECTOR, "ul.messagelist li.success"), browser.page_source[-3000:]
     (crontab_id, interval_id) = _sql(
         database,
