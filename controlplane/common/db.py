@@ -3,6 +3,7 @@ the prepared-statement cursor of the agent API's hottest statements."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -14,11 +15,17 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.backends.utils import CursorWrapper
 from django.db.models import Q
 
+log = logging.getLogger(__name__)
+
 # psycopg prepares nothing on a connection whose prepare_threshold is None (Django's default,
 # kept for PgBouncer). The prepared cursor below asks for preparation explicitly, so on a
 # direct connection the threshold only has to be a number that nothing else reaches: Django's
 # own cursors bind on the client side and never prepare, whatever the threshold.
 _PREPARE_ONLY_WHEN_ASKED = 2**31 - 1
+
+# Set once a prepared statement vanished from its server session: this process then prepares
+# nothing more (see PreparingCursor.execute).
+_prepared_statements_vanished = False
 
 
 def db_now() -> datetime:
@@ -64,10 +71,14 @@ def prepared_cursor() -> Iterator[CursorWrapper]:
     each distinct text takes a slot in psycopg's per-connection cache of 100 statements.
     A migration that changes the type of a column such a statement returns makes its prepared
     plan fail on connections opened before it ("cached plan must not change result type"):
-    restart the web processes with the new code, as any deploy does.
+    restart the web processes with the new code, as any deploy does. Behind a pooler that was
+    not declared (PgBouncer without DATABASE_POOL=pgbouncer), a prepared statement vanishes
+    with its server connection: the first statement that finds its name gone is run again
+    unprepared when no transaction is open (nothing ran the first time), an error is logged
+    naming the setting, and this process prepares nothing more.
     """
     db = connections[DEFAULT_DB_ALIAS]  # once: each use of the `connection` proxy looks it up again
-    if db.vendor != "postgresql" or settings.DATABASE_POOL == "pgbouncer":
+    if db.vendor != "postgresql" or settings.DATABASE_POOL == "pgbouncer" or _prepared_statements_vanished:
         with db.cursor() as cursor:
             yield cursor
         return
@@ -90,10 +101,18 @@ def _preparing_cursor_class() -> type:
     first use: the PostgreSQL backend needs psycopg, which SQLite installs need not load)."""
     # Defined only when psycopg 3 is installed, so the stubs do not know it.
     from django.db.backends.postgresql.base import ServerBindingCursor  # type: ignore[attr-defined]
+    from psycopg import errors
+    from psycopg.pq import TransactionStatus
 
     class PreparingCursor(ServerBindingCursor):
         def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None, **kw: Any) -> Any:
-            return super().execute(query, params, prepare=True, **kw)
+            try:
+                return super().execute(query, params, prepare=True, **kw)
+            except errors.InvalidSqlStatementName:
+                _prepared_statements_forget(self.connection)
+                if self.connection.info.transaction_status != TransactionStatus.IDLE:
+                    raise  # the open transaction is aborted: the caller's error to handle
+                return super().execute(query, params, prepare=False, **kw)
 
         def _send_query_prepared(self, name: bytes, pgq: Any, **kw: Any) -> None:
             # psycopg records the statement it ran (`_query`, which Django's query log reads)
@@ -102,6 +121,17 @@ def _preparing_cursor_class() -> type:
             super()._send_query_prepared(name, pgq, **kw)
 
     return PreparingCursor
+
+
+def _prepared_statements_forget(raw: Any) -> None:
+    global _prepared_statements_vanished
+    if not _prepared_statements_vanished:
+        log.error(
+            "a prepared statement vanished from its database session: is PostgreSQL behind a pooler "
+            "(PgBouncer)? Set DATABASE_POOL=pgbouncer; this process prepares no more statements"
+        )
+    _prepared_statements_vanished = True
+    raw.prepare_threshold = None  # psycopg stops using the names it prepared on this connection
 
 
 def is_postgresql() -> bool:

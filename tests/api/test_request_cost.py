@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,9 +20,10 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from controlplane.agents.models import Agent, AgentLease, AgentStatus
-from controlplane.agents.services import agent_revoke, agent_set_status
-from controlplane.api.auth import auth_cache_clear
+from controlplane.agents.services import agent_heartbeat, agent_revoke, agent_set_status
+from controlplane.api.auth import agent_authenticate, auth_cache_clear
 from controlplane.commands.models import Command, CommandStatus
+from controlplane.common import db as common_db
 from controlplane.tenants.models import Tenant
 from tests.api.conftest import KeyedAgent, assert_error, post_json
 
@@ -109,6 +111,32 @@ def test_the_key_lookup_and_the_heartbeat_are_prepared_statements_on_a_direct_co
         assert len(prepared) == 2, prepared
         assert any("api_key_prefix" in text for text in prepared), prepared
         assert any("WITH beat AS" in text for text in prepared), prepared
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)  # autocommit, as in a request
+def test_a_prepared_statement_that_vanished_runs_again_unprepared_and_preparing_stops(
+    make_keyed_agent: Callable[..., KeyedAgent], monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """Behind a pooler nobody declared (PgBouncer without DATABASE_POOL=pgbouncer), the next
+    transaction may run on a server connection where the prepared statement does not exist."""
+    monkeypatch.setattr(common_db, "_prepared_statements_vanished", False)
+    keyed = make_keyed_agent()
+    assert agent_authenticate(keyed.key) is not None
+    agent_heartbeat(keyed.agent.pk)
+    assert len(_prepared_statements()) == 2  # the key lookup and the heartbeat
+    # What the pooler's DISCARD ALL does between two transactions, unseen by psycopg.
+    connection.connection.pgconn.exec_(b"DEALLOCATE ALL")
+    with caplog.at_level(logging.ERROR, logger="controlplane.common.db"):
+        result = agent_heartbeat(keyed.agent.pk)  # the heartbeat is not lost
+    assert result.version == keyed.agent.version + 2
+    assert "DATABASE_POOL=pgbouncer" in caplog.text
+    assert agent_authenticate(keyed.key) is not None
+    assert _prepared_statements() == []  # nothing prepared since
+    caplog.clear()
+    agent_heartbeat(keyed.agent.pk)
+    assert caplog.text == ""  # said once
+    connection.close()  # psycopg still lists the vanished names on this one
 
 
 @pytest.mark.postgres_only
