@@ -57,6 +57,13 @@ def connection_recover() -> None:
         connection.close()
 
 
+def session_state_kept(db: Any = connection) -> bool:
+    """Whether what a session holds (a setting, a prepared statement) outlives the transaction
+    on `db`: on PostgreSQL reached directly. Behind PgBouncer in transaction pooling
+    (DATABASE_POOL=pgbouncer) the next transaction may run on another server connection."""
+    return bool(db.vendor == "postgresql" and settings.DATABASE_POOL != "pgbouncer")
+
+
 @contextmanager
 def prepared_cursor() -> Iterator[CursorWrapper]:
     """A cursor whose statements PostgreSQL parses and plans once per connection.
@@ -78,7 +85,7 @@ def prepared_cursor() -> Iterator[CursorWrapper]:
     naming the setting, and this process prepares nothing more.
     """
     db = connections[DEFAULT_DB_ALIAS]  # once: each use of the `connection` proxy looks it up again
-    if db.vendor != "postgresql" or settings.DATABASE_POOL == "pgbouncer" or _prepared_statements_vanished:
+    if not session_state_kept(db) or _prepared_statements_vanished:
         with db.cursor() as cursor:
             yield cursor
         return

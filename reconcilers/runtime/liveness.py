@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from django.conf import settings
 from django.db import DatabaseError, connection
+
+from controlplane.common.db import session_state_kept
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def session_timeouts_apply(ttl_seconds: float) -> None:
     progress bound, and idle_in_transaction_session_timeout, so an orphaned session of a holder
     cut off mid-batch releases its row locks before a successor can hold the lock. Session
     settings (one round trip), undone by `session_timeouts_reset` when the run ends."""
-    if connection.vendor != "postgresql" or settings.DATABASE_POOL == "pgbouncer":
+    if not session_state_kept():
         # Behind transaction pooling a session setting would outlive this statement on a
         # server connection another client gets next; each batch sets them with SET LOCAL.
         return
@@ -120,12 +121,7 @@ def session_timeouts_reset() -> None:
     """Give the connection back with the server's defaults for whatever runs on it next (a
     Celery worker runs other tasks on it). A connection already closed needs nothing; one that
     fails here is closed, so the next user opens a fresh one."""
-    if (
-        connection.vendor != "postgresql"
-        or settings.DATABASE_POOL == "pgbouncer"
-        or connection.connection is None
-        or connection.needs_rollback
-    ):
+    if not session_state_kept() or connection.connection is None or connection.needs_rollback:
         return
     try:
         with connection.cursor() as cursor:
