@@ -152,9 +152,6 @@ class _BlockedCopy:
         if copy is not None and copy[0] == number:
             self._copies[(limit.scope, limit.window_seconds)] = (number, copy[1] | {client}, copy[2])
 
-    def clear(self) -> None:
-        self._copies.clear()
-
 
 _blocked = _BlockedCopy()
 
